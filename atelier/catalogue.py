@@ -1,0 +1,336 @@
+"""Catalogue loading: CSV schemas, image decoding to model input, duplicates and the train/test split."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = (80, 64)  # (height, width), as the model sees it
+PAPER_FAMILIES = ("Footwear", "Bags", "Eyewear")
+MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+BLANK_PIXEL_STD = 2.0  # the catalogue's three near-blank photos have std < 2
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with a reason a person can act on."""
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    item_id: str
+    image_path: Path
+    category: str
+    article_type: str
+    colour: str = ""
+    name: str = ""
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and what it skipped, by id and reason."""
+
+    loaded: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def fail(self, item_id: str, reason: str) -> None:
+        self.failures[item_id] = reason
+        log.warning("skipping item %s: %s", item_id, reason)
+
+
+def family_of(row: dict[str, str]) -> str:
+    """The paper's family for a Kaggle styles.csv row; other rows keep their subCategory."""
+    if row.get("masterCategory") == "Footwear":
+        return "Footwear"
+    return row.get("subCategory") or row.get("masterCategory") or "Unknown"
+
+
+def read_catalogue_csv(csv_path: Path, image_dir: Path | None = None) -> list[CatalogueItem]:
+    """Read either the Kaggle styles.csv schema or the minimal `id,image_path,category` schema."""
+    csv_path = Path(csv_path)
+    image_dir = Path(image_dir) if image_dir else csv_path.parent / "images"
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or [])
+        kaggle = {"id", "masterCategory", "subCategory", "articleType"} <= columns
+        minimal = {"id", "image_path", "category"} <= columns
+        if not (kaggle or minimal):
+            raise ValueError(
+                f"{csv_path}: unknown schema {sorted(columns)}; expected Kaggle styles.csv columns "
+                "(id, masterCategory, subCategory, articleType, ...) or id,image_path,category"
+            )
+        items = []
+        for row in reader:
+            item_id = (row.get("id") or "").strip()
+            if not item_id:
+                continue
+            if kaggle:
+                category = family_of(row)
+                path = image_dir / f"{item_id}.jpg"
+                article_type = row.get("articleType") or category
+            else:
+                category = row["category"]
+                path = Path(row["image_path"])
+                path = path if path.is_absolute() else image_dir.parent / path
+                if not path.exists() and (image_dir / row["image_path"]).exists():
+                    path = image_dir / row["image_path"]
+                article_type = row.get("article_type") or row.get("articleType") or category
+            items.append(
+                CatalogueItem(
+                    item_id=item_id,
+                    image_path=path,
+                    category=category,
+                    article_type=article_type,
+                    colour=row.get("baseColour") or row.get("colour") or "",
+                    name=row.get("productDisplayName") or row.get("name") or "",
+                )
+            )
+    return items
+
+
+def decode_image(data: bytes, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """Decode image bytes to float32 HxWx3 in [0, 1]: aspect kept, padded with white.
+
+    Raises ImageError with the reason for empty, non-image, truncated, oversized or blank input.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"image too large: {image.width}x{image.height} pixels "
+                    f"(limit {MAX_IMAGE_PIXELS:,})"
+                )
+            image.load()
+            rgb = _to_rgb_on_white(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image (unrecognised format)") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"corrupt or truncated image: {exc}") from exc
+    height, width = size
+    fitted = ImageOps.pad(rgb, (width, height), method=Image.Resampling.BILINEAR, color="white")
+    pixels = np.asarray(fitted, dtype=np.float32) / 255.0
+    if float(np.asarray(rgb, dtype=np.float32).std()) < BLANK_PIXEL_STD:
+        raise ImageError("blank image (pixel standard deviation below 2)")
+    return pixels
+
+
+def _to_rgb_on_white(image: Image.Image) -> Image.Image:
+    # Transparent pixels become white, like the catalogue's photo background.
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image_file(path: Path, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageError(f"missing file: {path}") from exc
+    except OSError as exc:
+        raise ImageError(f"unreadable file {path}: {exc.strerror or exc}") from exc
+    return decode_image(data, size)
+
+
+@dataclass
+class LoadedCatalogue:
+    """Items that decoded, their pixels, and the report of those that did not."""
+
+    items: list[CatalogueItem]
+    images: np.ndarray  # (n, H, W, 3) float32 in [0, 1]
+    report: LoadReport
+
+    @property
+    def categories(self) -> np.ndarray:
+        return np.array([item.category for item in self.items])
+
+    @property
+    def article_types(self) -> np.ndarray:
+        return np.array([item.article_type for item in self.items])
+
+    @property
+    def ids(self) -> list[str]:
+        return [item.item_id for item in self.items]
+
+
+def load_images(
+    items: Sequence[CatalogueItem],
+    size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    progress: bool = True,
+) -> LoadedCatalogue:
+    """Decode every item's image; bad ones are reported by id with the reason and skipped."""
+    from tqdm import tqdm
+
+    report = LoadReport()
+    kept: list[CatalogueItem] = []
+    pixels: list[np.ndarray] = []
+    for item in tqdm(items, desc="loading images", unit="img", disable=not progress):
+        try:
+            pixels.append(load_image_file(item.image_path, size))
+        except ImageError as exc:
+            report.fail(item.item_id, str(exc))
+            continue
+        kept.append(item)
+    report.loaded = len(kept)
+    images = np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.float32)
+    return LoadedCatalogue(kept, images, report)
+
+
+def read_duplicate_groups(path: Path) -> dict[str, str]:
+    """Map item id -> duplicate group from a `group,id` CSV (the catalogue's duplicate_images.csv)."""
+    groups: dict[str, str] = {}
+    with Path(path).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            groups[row["id"]] = f"listed:{row['group']}"
+    return groups
+
+
+def duplicate_groups(
+    items: Iterable[CatalogueItem], listed: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Group key per item: the listed group if any, else the SHA-256 of the file's bytes.
+
+    Hashing finds byte-duplicates that no list mentions; the list is honoured when given.
+    """
+    listed = listed or {}
+    by_hash: dict[str, str] = {}
+    groups: dict[str, str] = {}
+    for item in items:
+        try:
+            digest = hashlib.sha256(item.image_path.read_bytes()).hexdigest()
+        except OSError:
+            digest = f"unreadable:{item.item_id}"
+        key = listed.get(item.item_id) or by_hash.get(digest) or f"sha:{digest}"
+        by_hash.setdefault(digest, key)
+        groups[item.item_id] = key
+    return groups
+
+
+def deduplicate(items: Sequence[CatalogueItem], groups: dict[str, str]) -> list[CatalogueItem]:
+    """Keep one item per duplicate group (the first in catalogue order)."""
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        group = groups.get(item.item_id, item.item_id)
+        if group not in seen:
+            seen.add(group)
+            kept.append(item)
+    return kept
+
+
+def stratified_group_split(
+    item_ids: Sequence[str],
+    categories: Sequence[str],
+    groups: dict[str, str],
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """Boolean test mask: deterministic, stratified by category, whole duplicate groups per side.
+
+    Each group is ordered by a seeded hash of its key, so the split does not depend on
+    row order and adding items to the catalogue moves no existing item across the split.
+    """
+    group_of = [groups.get(i, i) for i in item_ids]
+    votes: dict[str, Counter[str]] = {}
+    for group, category in zip(group_of, categories, strict=True):
+        votes.setdefault(group, Counter())[category] += 1
+    # A group whose members disagree counts under its most common category (ties by name),
+    # so the split never depends on row order.
+    group_category = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in votes.items()}
+    group_size = {g: sum(c.values()) for g, c in votes.items()}
+    test_groups: set[str] = set()
+    for category in sorted(set(group_category.values())):
+        members = [g for g, c in group_category.items() if c == category]
+        members.sort(key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+        target = round(test_fraction * sum(group_size[g] for g in members))
+        taken = 0
+        for group in members:
+            if taken >= target:
+                break
+            test_groups.add(group)
+            taken += group_size[group]
+    return np.array([g in test_groups for g in group_of], dtype=bool)
+
+
+def data_fingerprint(items: Sequence[CatalogueItem]) -> str:
+    """A short hash of the training data: ids, labels and image bytes."""
+    digest = hashlib.sha256()
+    for item in sorted(items, key=lambda i: i.item_id):
+        digest.update(f"{item.item_id}|{item.category}|{item.article_type}|".encode())
+        try:
+            digest.update(hashlib.sha256(item.image_path.read_bytes()).digest())
+        except OSError:
+            digest.update(b"missing")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class PreparedDataset:
+    """A deduplicated, decoded catalogue and its deterministic test mask."""
+
+    catalogue: LoadedCatalogue
+    is_test: np.ndarray
+    fingerprint: str
+    description: dict
+
+    def split(self, test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mask = self.is_test if test else ~self.is_test
+        return (
+            self.catalogue.images[mask],
+            self.catalogue.categories[mask],
+            self.catalogue.article_types[mask],
+        )
+
+
+def prepare_dataset(
+    csv_path: Path,
+    image_dir: Path | None = None,
+    families: Sequence[str] | None = PAPER_FAMILIES,
+    duplicates_csv: Path | None = None,
+    size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    progress: bool = True,
+) -> PreparedDataset:
+    """Read, filter to families, drop byte-duplicates, decode and split (stratified, by group)."""
+    items = read_catalogue_csv(csv_path, image_dir)
+    total = len(items)
+    if families:
+        items = [item for item in items if item.category in set(families)]
+    if duplicates_csv is None and (Path(csv_path).parent / "duplicate_images.csv").exists():
+        duplicates_csv = Path(csv_path).parent / "duplicate_images.csv"
+    listed = read_duplicate_groups(duplicates_csv) if duplicates_csv else {}
+    groups = duplicate_groups(items, listed)
+    unique = deduplicate(items, groups)
+    loaded = load_images(unique, size, progress=progress)
+    is_test = stratified_group_split(loaded.ids, loaded.categories, groups, test_fraction, seed)
+    description = {
+        "csv": str(csv_path),
+        "rows": total,
+        "families": list(families) if families else "all",
+        "in_families": len(items),
+        "after_dedup": len(unique),
+        "skipped": len(loaded.report.failures),
+        "skipped_ids": loaded.report.failures,
+        "train": int((~is_test).sum()),
+        "test": int(is_test.sum()),
+        "test_fraction": test_fraction,
+        "split_seed": seed,
+        "image_size": list(size),
+    }
+    return PreparedDataset(loaded, is_test, data_fingerprint(unique), description)

@@ -1,0 +1,52 @@
+"""Latent-code math: the fixed-ε code, the paper's log-likelihood (eq. 2) and its inner-product form."""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def draw_epsilon(latent_dim: int, seed: int) -> np.ndarray:
+    """The model version's fixed ε ~ N(0, I), drawn once from a seed (the paper's fixed-ε trick)."""
+    return np.random.default_rng(seed).standard_normal(latent_dim).astype(np.float32)
+
+
+def sigma_from_log_var(z_log_var: np.ndarray) -> np.ndarray:
+    return np.exp(0.5 * np.asarray(z_log_var, dtype=np.float64)).astype(np.float32)
+
+
+def fixed_eps_code(mu: np.ndarray, sigma: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
+    """z = μ + σ⊙ε with the model version's single ε."""
+    return (np.asarray(mu) + np.asarray(sigma) * np.asarray(epsilon)).astype(np.float32)
+
+
+def log_likelihood(z: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """log q(z|x) for every query row of z against every item (μ, σ), directly from eq. 2.
+
+    Shapes: z (nq, n), mu and sigma (nb, n); result (nq, nb), float64.
+    """
+    z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+    mu = np.asarray(mu, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    diff = z[:, None, :] - mu[None, :, :]
+    return np.sum(
+        -(diff**2) / (2.0 * sigma[None] ** 2) - np.log(np.sqrt(2.0 * np.pi) * sigma[None]), axis=2
+    )
+
+
+def loglik_query_vectors(z: np.ndarray) -> np.ndarray:
+    """[z², z, 1] per query: the query side of eq. 2 as an inner product."""
+    z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+    return np.hstack([z**2, z, np.ones((len(z), 1))])
+
+
+def loglik_item_vectors(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """[−1/(2σ²), μ/σ², −Σ(μ²/(2σ²) + log σ) − (n/2)·log 2π] per item: ⟨query, item⟩ = log q(z|x)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    variance = np.asarray(sigma, dtype=np.float64) ** 2
+    n = mu.shape[1]
+    constant = (
+        -np.sum(mu**2 / (2.0 * variance) + 0.5 * np.log(variance), axis=1) - 0.5 * n * LOG_2PI
+    )
+    return np.hstack([-1.0 / (2.0 * variance), mu / variance, constant[:, None]])

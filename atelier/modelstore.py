@@ -1,0 +1,230 @@
+"""Export and load model versions as TensorFlow Serving lays them out: models/<name>/<version>/.
+
+Each version is a SavedModel with named signatures plus `atelier_model.json`, which carries the
+input size, latent dim, β, the training-data hash and the version's fixed ε.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from atelier.latent import draw_epsilon
+from atelier.vae import Autoencoder, ModelConfig
+
+ENCODER_NAME = "atelier_encoder"
+DECODER_NAME = "atelier_decoder"
+ENCODE_SIGNATURE = "encode"
+DECODE_SIGNATURE = "decode"
+METADATA_FILE = "atelier_model.json"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    version: int
+    config: ModelConfig
+    epsilon: np.ndarray
+    epsilon_seed: int
+    data_hash: str
+    extra: dict
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.config.image_size
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def to_json(self) -> dict:
+        return {
+            "version": self.version,
+            "image_size": list(self.config.image_size),
+            "latent_dim": self.config.latent_dim,
+            "beta": self.config.beta,
+            "data_hash": self.data_hash,
+            "epsilon": [float(v) for v in self.epsilon],
+            "epsilon_seed": self.epsilon_seed,
+            "config": self.config.to_dict(),
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelMetadata:
+        known = {
+            "version",
+            "image_size",
+            "latent_dim",
+            "beta",
+            "data_hash",
+            "epsilon",
+            "epsilon_seed",
+            "config",
+        }
+        return cls(
+            version=int(data["version"]),
+            config=ModelConfig.from_dict(data["config"]),
+            epsilon=np.asarray(data["epsilon"], dtype=np.float32),
+            epsilon_seed=int(data["epsilon_seed"]),
+            data_hash=data["data_hash"],
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+class _EncoderModule(tf.Module):
+    def __init__(self, encoder, epsilon: np.ndarray, image_size: tuple[int, int]):
+        super().__init__()
+        self.encoder = encoder
+        self.epsilon = tf.constant(epsilon, dtype=tf.float32)
+        height, width = image_size
+        self.encode = tf.function(
+            self._encode,
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")],
+        )
+
+    def _encode(self, images):
+        z_mean, z_log_var = self.encoder(images, training=False)
+        sigma = tf.exp(0.5 * z_log_var)
+        return {
+            "mu": z_mean,
+            "sigma": sigma,
+            "z": z_mean + sigma * self.epsilon,
+            "z_log_var": z_log_var,
+        }
+
+
+class _DecoderModule(tf.Module):
+    def __init__(self, decoder, latent_dim: int):
+        super().__init__()
+        self.decoder = decoder
+        self.decode = tf.function(
+            self._decode, input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name="z")]
+        )
+
+    def _decode(self, z):
+        return {"images": self.decoder(z, training=False)}
+
+
+def _save_atomically(module: tf.Module, signatures: dict, target: Path, metadata: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tf.saved_model.save(module, str(staging), signatures=signatures)
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        # TF Serving polls the model dir: it must never see a half-written version.
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def export_model(
+    model: Autoencoder,
+    models_dir: Path,
+    version: int,
+    data_hash: str,
+    epsilon_seed: int | None = None,
+    extra: dict | None = None,
+) -> ModelMetadata:
+    """Write encoder and decoder SavedModels for one version, with its metadata and fixed ε."""
+    config = model.config
+    if not config.variational:
+        raise ValueError("only variational models are exported for serving")
+    epsilon_seed = version if epsilon_seed is None else epsilon_seed
+    metadata = ModelMetadata(
+        version=version,
+        config=config,
+        epsilon=draw_epsilon(config.latent_dim, epsilon_seed),
+        epsilon_seed=epsilon_seed,
+        data_hash=data_hash,
+        extra={"exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})},
+    )
+    models_dir = Path(models_dir)
+    encoder_module = _EncoderModule(model.encoder, metadata.epsilon, config.image_size)
+    decoder_module = _DecoderModule(model.decoder, config.latent_dim)
+    for name, module, signature, function in (
+        (ENCODER_NAME, encoder_module, ENCODE_SIGNATURE, encoder_module.encode),
+        (DECODER_NAME, decoder_module, DECODE_SIGNATURE, decoder_module.decode),
+    ):
+        signatures = {signature: function, "serving_default": function}
+        _save_atomically(module, signatures, models_dir / name / str(version), metadata.to_json())
+    return metadata
+
+
+def model_versions(models_dir: Path, name: str = ENCODER_NAME) -> list[int]:
+    base = Path(models_dir) / name
+    if not base.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / METADATA_FILE).exists()
+    )
+
+
+def read_metadata(
+    models_dir: Path, version: int | None = None, name: str = ENCODER_NAME
+) -> ModelMetadata:
+    versions = model_versions(models_dir, name)
+    if not versions:
+        raise FileNotFoundError(f"no exported versions of {name} under {models_dir}")
+    version = versions[-1] if version is None else version
+    if version not in versions:
+        raise FileNotFoundError(
+            f"{name} version {version} not found under {models_dir} (have {versions})"
+        )
+    return ModelMetadata.from_json(
+        json.loads((Path(models_dir) / name / str(version) / METADATA_FILE).read_text())
+    )
+
+
+class LoadedEncoder:
+    """An exported encoder version, called through its `encode` signature."""
+
+    def __init__(self, models_dir: Path, version: int | None = None):
+        self.metadata = read_metadata(models_dir, version, ENCODER_NAME)
+        path = Path(models_dir) / ENCODER_NAME / str(self.metadata.version)
+        self._saved = tf.saved_model.load(str(path))
+        self._encode = self._saved.signatures[ENCODE_SIGNATURE]
+
+    def encode(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """μ, σ and fixed-ε z for images (n, H, W, 3) in [0, 1]."""
+        parts: dict[str, list[np.ndarray]] = {"mu": [], "sigma": [], "z": []}
+        for start in range(0, len(images), batch_size):
+            out = self._encode(images=tf.constant(images[start : start + batch_size], tf.float32))
+            for key in parts:
+                parts[key].append(out[key].numpy())
+        latent = self.metadata.latent_dim
+        return {
+            k: np.concatenate(v) if v else np.zeros((0, latent), np.float32)
+            for k, v in parts.items()
+        }
+
+
+class LoadedDecoder:
+    """An exported decoder version, called through its `decode` signature."""
+
+    def __init__(self, models_dir: Path, version: int | None = None):
+        self.metadata = read_metadata(models_dir, version, DECODER_NAME)
+        path = Path(models_dir) / DECODER_NAME / str(self.metadata.version)
+        self._saved = tf.saved_model.load(str(path))
+        self._decode = self._saved.signatures[DECODE_SIGNATURE]
+
+    def decode(self, z: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        parts = []
+        for start in range(0, len(z), batch_size):
+            parts.append(
+                self._decode(z=tf.constant(z[start : start + batch_size], tf.float32))[
+                    "images"
+                ].numpy()
+            )
+        height, width = self.metadata.image_size
+        return np.concatenate(parts) if parts else np.zeros((0, height, width, 3), np.float32)

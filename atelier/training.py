@@ -1,0 +1,153 @@
+"""Training loop: a compiled tf.function step, progress bar, checkpoints with resume, seeding."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from atelier.vae import Autoencoder, ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+
+@dataclass
+class TrainingResult:
+    model: Autoencoder
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]]
+
+
+def encode_labels(values: np.ndarray, vocabulary: tuple[str, ...]) -> np.ndarray:
+    """Index of each label in the vocabulary; labels outside it map to -1 (no loss term)."""
+    lookup = {label: index for index, label in enumerate(vocabulary)}
+    return np.array([lookup.get(v, -1) for v in values], dtype=np.int32)
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    images: np.ndarray,
+    families: np.ndarray,
+    article_types: np.ndarray,
+    run_dir: Path,
+    progress: bool = True,
+) -> TrainingResult:
+    """Train (or resume training of) a model on images in [0, 1], checkpointing every epoch."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(train_config.seed)
+    devices = [d.device_type for d in tf.config.list_physical_devices()]
+    log.info("training on %s", "GPU" if "GPU" in devices else "CPU")
+
+    model = Autoencoder(model_config)
+    optimizer = keras.optimizers.Adam(learning_rate=train_config.learning_rate)
+    optimizer.build(model.trainable_variables)
+    epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(
+        encoder=model.encoder,
+        decoder=model.decoder,
+        optimizer=optimizer,
+        epoch=epoch_counter,
+        **({"article_head": model.article_head} if model.article_head is not None else {}),
+    )
+    manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
+    config_path = run_dir / "config.json"
+    wanted = {"model": model_config.to_dict(), "train": asdict(train_config)}
+    if manager.latest_checkpoint:
+        saved = json.loads(config_path.read_text())
+        if saved["model"] != json.loads(json.dumps(wanted["model"])):
+            raise ValueError(
+                f"{run_dir} holds a checkpoint of a different model; use a new run dir"
+            )
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed from %s at epoch %d", manager.latest_checkpoint, int(epoch_counter))
+    config_path.write_text(json.dumps(wanted, indent=2))
+
+    family_index = encode_labels(families, model_config.families)
+    article_index = encode_labels(article_types, model_config.article_types)
+    has_articles = bool(model_config.article_types)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(batch, batch_family, batch_article):
+        with tf.GradientTape() as tape:
+            losses = model.losses(
+                batch,
+                family_index=tf.maximum(batch_family, 0),
+                article_index=tf.maximum(batch_article, 0) if has_articles else None,
+            )
+        gradients = tape.gradient(losses["loss"], model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return losses
+
+    if model_config.guided and (family_index < 0).any():
+        raise ValueError("guided training needs every training item's family in the vocabulary")
+    if has_articles and (article_index < 0).any():
+        raise ValueError(
+            "articleType head needs every training item's articleType in the vocabulary"
+        )
+
+    history: list[dict[str, float]] = []
+    history_path = run_dir / "history.json"
+    if history_path.exists() and int(epoch_counter):
+        history = json.loads(history_path.read_text())[: int(epoch_counter)]
+    started = time.perf_counter()
+    n = len(images)
+    first_epoch = int(epoch_counter)
+    for epoch in range(first_epoch, train_config.epochs):
+        order = np.random.default_rng([train_config.seed, epoch]).permutation(n)
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = tqdm(
+            range(0, n, train_config.batch_size),
+            desc=f"epoch {epoch + 1}/{train_config.epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        for start in bar:
+            index = order[start : start + train_config.batch_size]
+            losses = train_step(
+                tf.constant(images[index]),
+                tf.constant(family_index[index]),
+                tf.constant(article_index[index]),
+            )
+            steps += 1
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            bar.set_postfix({k: f"{v / steps:.1f}" for k, v in sums.items() if k != "article"})
+        means = {k: v / max(steps, 1) for k, v in sums.items()}
+        means["epoch"] = epoch + 1
+        means["seconds"] = round(time.perf_counter() - started, 1)
+        history.append(means)
+        epoch_counter.assign(epoch + 1)
+        manager.save()
+        history_path.write_text(json.dumps(history, indent=1))
+        log.info(
+            "epoch %d/%d loss %.1f recon %.1f kl %.2f article %.3f (%.0fs)",
+            epoch + 1,
+            train_config.epochs,
+            means["loss"],
+            means["recon"],
+            means["kl"],
+            means["article"],
+            means["seconds"],
+        )
+    elapsed = time.perf_counter() - started
+    return TrainingResult(model, train_config.epochs - first_epoch, elapsed, history)
