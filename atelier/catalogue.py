@@ -251,7 +251,9 @@ def stratified_group_split(
         votes.setdefault(group, Counter())[category] += 1
     # A group whose members disagree counts under its most common category (ties by name),
     # so the split never depends on row order.
-    group_category = {g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in votes.items()}
+    group_category = {
+        g: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for g, c in votes.items()
+    }
     group_size = {g: sum(c.values()) for g, c in votes.items()}
     test_groups: set[str] = set()
     for category in sorted(set(group_category.values())):

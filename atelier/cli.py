@@ -108,8 +108,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "training": {
                     "epochs": train_config.epochs,
                     "seed": train_config.seed,
+                    "train_seconds": summary["train_seconds_total"],
+                    "final_losses": summary["final"],
                     "data": summary["data"],
-                    "command": " ".join(sys.argv),
+                    "command": " ".join(["atelier", *sys.argv[1:]]),
                 }
             },
         )

@@ -228,3 +228,112 @@ class LoadedDecoder:
             )
         height, width = self.metadata.image_size
         return np.concatenate(parts) if parts else np.zeros((0, height, width, 3), np.float32)
+
+
+class ServableNotFound(LookupError):
+    """An unknown model name, version or signature."""
+
+
+class ServableInputError(ValueError):
+    """Inputs that do not fit a signature: wrong names, dtype or shape."""
+
+
+@dataclass
+class Servable:
+    """One loaded SavedModel version and its signatures, as TensorFlow Serving would hold it."""
+
+    name: str
+    version: int
+    path: Path
+    loaded: object
+    signature_defs: dict  # signature name -> SignatureDef proto
+
+    def signature(self, signature_name: str):
+        name = signature_name or "serving_default"
+        if name not in self.loaded.signatures:  # type: ignore[attr-defined]
+            raise ServableNotFound(
+                f"model {self.name} version {self.version} has no signature {name!r} "
+                f"(has {sorted(self.loaded.signatures)})"  # type: ignore[attr-defined]
+            )
+        return self.loaded.signatures[name]  # type: ignore[attr-defined]
+
+    def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        function = self.signature(signature_name)
+        specs = function.structured_input_signature[1]
+        if set(inputs) != set(specs):
+            raise ServableInputError(
+                f"signature expects inputs {sorted(specs)}, got {sorted(inputs)}"
+            )
+        tensors = {}
+        for key, spec in specs.items():
+            value = inputs[key]
+            if value.dtype != spec.dtype.as_numpy_dtype:
+                raise ServableInputError(
+                    f"input {key!r} must be {spec.dtype.name}, got {value.dtype}"
+                )
+            if not spec.shape.is_compatible_with(value.shape):
+                raise ServableInputError(
+                    f"input {key!r} must have shape {spec.shape}, got {list(value.shape)}"
+                )
+            tensors[key] = tf.constant(value)
+        return {k: v.numpy() for k, v in function(**tensors).items()}
+
+
+def _signature_defs(path: Path) -> dict:
+    from tensorflow.python.saved_model import loader_impl  # the parser TF Serving's metadata uses
+
+    saved_model = loader_impl.parse_saved_model(str(path))
+    return dict(saved_model.meta_graphs[0].signature_def)
+
+
+class ServableRegistry:
+    """Every version of every model under a models dir, loaded once (`models/<name>/<version>/`)."""
+
+    def __init__(self, models_dir: Path, names: tuple[str, ...] | None = None):
+        self.models_dir = Path(models_dir)
+        self._servables: dict[str, dict[int, Servable]] = {}
+        for model_dir in sorted(p for p in self.models_dir.iterdir() if p.is_dir()):
+            if names and model_dir.name not in names:
+                continue
+            for version_dir in sorted(model_dir.iterdir()):
+                if version_dir.name.isdigit() and (version_dir / "saved_model.pb").exists():
+                    servable = Servable(
+                        model_dir.name,
+                        int(version_dir.name),
+                        version_dir,
+                        tf.saved_model.load(str(version_dir)),
+                        _signature_defs(version_dir),
+                    )
+                    self._servables.setdefault(model_dir.name, {})[servable.version] = servable
+
+    def names(self) -> list[str]:
+        return sorted(self._servables)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._servables.get(name, {}))
+
+    def get(self, name: str, version: int | None = None) -> Servable:
+        versions = self._servables.get(name)
+        if not versions:
+            raise ServableNotFound(f"unknown model {name!r} (serving {self.names()})")
+        chosen = max(versions) if version is None else version
+        if chosen not in versions:
+            raise ServableNotFound(
+                f"model {name!r} has no version {chosen} (have {sorted(versions)})"
+            )
+        return versions[chosen]
+
+    def warm_up(self) -> None:
+        """One call per signature, so the first real request does not pay for tracing."""
+        for versions in self._servables.values():
+            for servable in versions.values():
+                for signature_name in servable.loaded.signatures:  # type: ignore[attr-defined]
+                    specs = servable.signature(signature_name).structured_input_signature[1]
+                    dummy = {
+                        k: np.zeros(
+                            [1 if d is None else d for d in spec.shape.as_list()],
+                            spec.dtype.as_numpy_dtype,
+                        )
+                        for k, spec in specs.items()
+                    }
+                    servable.run(signature_name, dummy)

@@ -107,7 +107,9 @@ def train(
     history_path = run_dir / "history.json"
     if history_path.exists() and int(epoch_counter):
         history = json.loads(history_path.read_text())[: int(epoch_counter)]
-    started = time.perf_counter()
+    run_started = time.perf_counter()
+    # Seconds in the history are cumulative over resumes: the training time a model really cost.
+    started = run_started - (history[-1]["seconds"] if history else 0.0)
     n = len(images)
     first_epoch = int(epoch_counter)
     for epoch in range(first_epoch, train_config.epochs):
@@ -149,5 +151,5 @@ def train(
             means["article"],
             means["seconds"],
         )
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - run_started
     return TrainingResult(model, train_config.epochs - first_epoch, elapsed, history)

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for atelier.v1 (do not edit)."""

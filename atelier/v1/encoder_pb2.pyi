@@ -1,0 +1,64 @@
+from atelier.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EncodeRequest(_message.Message):
+    __slots__ = ("image", "model_version")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    model_version: int
+    def __init__(self, image: _Optional[bytes] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class EncodeResponse(_message.Message):
+    __slots__ = ("code", "model_version")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    code: _common_pb2.LatentCode
+    model_version: int
+    def __init__(self, code: _Optional[_Union[_common_pb2.LatentCode, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class CatalogueEntry(_message.Message):
+    __slots__ = ("item", "image")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    item: _common_pb2.Item
+    image: bytes
+    def __init__(self, item: _Optional[_Union[_common_pb2.Item, _Mapping]] = ..., image: _Optional[bytes] = ...) -> None: ...
+
+class SubmitCatalogueRequest(_message.Message):
+    __slots__ = ("csv_path", "entries", "image_dir", "model_version")
+    CSV_PATH_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    csv_path: str
+    entries: CatalogueEntries
+    image_dir: str
+    model_version: int
+    def __init__(self, csv_path: _Optional[str] = ..., entries: _Optional[_Union[CatalogueEntries, _Mapping]] = ..., image_dir: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class CatalogueEntries(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[CatalogueEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[CatalogueEntry, _Mapping]]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id", "max_failures")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    max_failures: int
+    def __init__(self, job_id: _Optional[str] = ..., max_failures: _Optional[int] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,50 @@
+from atelier.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Partition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PARTITION_UNSPECIFIED: _ClassVar[Partition]
+    PARTITION_KMEANS: _ClassVar[Partition]
+    PARTITION_CATEGORY: _ClassVar[Partition]
+PARTITION_UNSPECIFIED: Partition
+PARTITION_KMEANS: Partition
+PARTITION_CATEGORY: Partition
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("query", "method", "partition", "k")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    query: _common_pb2.Query
+    method: _common_pb2.RankingMethod
+    partition: Partition
+    k: int
+    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., method: _Optional[_Union[_common_pb2.RankingMethod, str]] = ..., partition: _Optional[_Union[Partition, str]] = ..., k: _Optional[int] = ...) -> None: ...
+
+class PartitionList(_message.Message):
+    __slots__ = ("partition", "items")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    partition: str
+    items: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]
+    def __init__(self, partition: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("query_partition", "similar", "pairings", "model_version")
+    QUERY_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SIMILAR_FIELD_NUMBER: _ClassVar[int]
+    PAIRINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    query_partition: str
+    similar: PartitionList
+    pairings: _containers.RepeatedCompositeFieldContainer[PartitionList]
+    model_version: int
+    def __init__(self, query_partition: _Optional[str] = ..., similar: _Optional[_Union[PartitionList, _Mapping]] = ..., pairings: _Optional[_Iterable[_Union[PartitionList, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,136 @@
+"""Start the suite's processes locally, with the entry points and environment variables compose uses.
+
+Used by the demo, the integration tests and the benchmarks; every process is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from atelier.processes import free_port, start_redis, stop_pid
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    process: subprocess.Popen
+    address: str | None = None
+    log_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, timeout: float = 15.0) -> None:
+        stop_pid(self.process, timeout)
+
+
+def start_process(name: str, argv: list[str], env: dict[str, str], log_dir: Path, address: str | None = None) -> ManagedProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    handle = log_path.open("ab")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    process = subprocess.Popen(argv, env=full_env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    handle.close()
+    log.info("started %s (pid %d)%s", name, process.pid, f" on {address}" if address else "")
+    return ManagedProcess(name, process, address, log_path)
+
+
+def wait_serving(managed: ManagedProcess, timeout: float = 120.0) -> None:
+    """Poll the standard gRPC health service until it says SERVING."""
+    assert managed.address is not None
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(managed.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if managed.process.poll() is not None:
+                tail = managed.log_path.read_text()[-3000:] if managed.log_path else ""
+                raise RuntimeError(f"{managed.name} exited with {managed.process.returncode}:\n{tail}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{managed.name} was not SERVING on {managed.address} within {timeout:.0f}s")
+
+
+def celery_worker_argv(concurrency: int = 1, name: str = "worker") -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "services.encoder.tasks", "worker",
+        "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
+        "--hostname", f"{name}-{os.getpid()}-{free_port()}@%h", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+@dataclass
+class Suite:
+    """Addresses and processes of a locally started suite."""
+
+    env: dict[str, str]
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    stack: ExitStack = field(default_factory=ExitStack)
+
+    def add(self, managed: ManagedProcess) -> ManagedProcess:
+        self.processes[managed.name] = managed
+        self.stack.callback(managed.stop)
+        return managed
+
+    def start_worker(self, name: str, concurrency: int = 1) -> ManagedProcess:
+        return self.add(start_process(name, celery_worker_argv(concurrency, name), self.env, self.log_dir))
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.env["ATELIER_LOG_DIR"])
+
+
+@contextmanager
+def local_suite(
+    work_dir: Path,
+    models_dir: Path,
+    redis_url: str | None = None,
+    workers: int = 1,
+    services: tuple[str, ...] = ("modelserver", "encoder"),
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Suite]:
+    """Redis (embedded unless redis_url is given), the model server, services and Celery workers."""
+    work_dir = Path(work_dir)
+    suite = Suite(env={"ATELIER_LOG_DIR": str(work_dir / "logs"), "MODELS_DIR": str(Path(models_dir).resolve())})
+    with suite.stack:
+        if redis_url is None:
+            redis_server = start_redis(work_dir / "redis")
+            suite.stack.callback(redis_server.stop)
+            redis_url = redis_server.url
+        suite.env["REDIS_URL"] = redis_url
+        ports = {name: free_port() for name in services}
+        addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        port_vars = {"modelserver": "MODEL_SERVER_PORT", "encoder": "ENCODER_PORT", "decoder": "DECODER_PORT",
+                     "retrieval": "RETRIEVAL_PORT", "recommender": "RECOMMENDER_PORT"}  # fmt: skip
+        addr_vars = {"modelserver": "MODEL_SERVER_ADDR", "encoder": "ENCODER_ADDR", "decoder": "DECODER_ADDR",
+                     "retrieval": "RETRIEVAL_ADDR", "recommender": "RECOMMENDER_ADDR"}  # fmt: skip
+        suite.env.update({port_vars[n]: str(p) for n, p in ports.items()})
+        suite.env.update({addr_vars[n]: addresses[n] for n in services})
+        suite.env.update(extra_env or {})
+        for name in services:
+            managed = suite.add(
+                start_process(name, [sys.executable, "-m", f"services.{name}"], suite.env, suite.log_dir, addresses[name])
+            )
+            wait_serving(managed)
+        for index in range(workers):
+            suite.start_worker(f"worker{index + 1}")
+        yield suite

@@ -1,0 +1,108 @@
+"""A client of TensorFlow Serving's PredictionService for the encoder and decoder models.
+
+Works against the embedded model server and a real `tensorflow/serving` container alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from atelier.modelstore import DECODE_SIGNATURE, DECODER_NAME, ENCODE_SIGNATURE, ENCODER_NAME
+from services.common.runtime import MAX_MESSAGE_BYTES
+
+ENCODE_OUTPUTS = ("mu", "sigma", "z")
+
+
+def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """float32 array -> TensorProto without importing all of TensorFlow's Python API."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape]
+        ),
+        tensor_content=array.tobytes(),
+    )
+
+
+def from_tensor_proto(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.dtype != types_pb2.DT_FLOAT:
+        raise ValueError(f"expected a float tensor, got dtype {proto.dtype}")
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=np.float32).reshape(shape)
+    return np.asarray(proto.float_val, dtype=np.float32).reshape(shape)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    version: int
+    image_height: int
+    image_width: int
+    latent_dim: int
+
+
+class ModelClient:
+    def __init__(self, address: str, timeout: float = 30.0):
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _predict(
+        self, name: str, signature: str, key: str, array: np.ndarray, version: int | None, outputs
+    ):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = signature
+        if version:
+            request.model_spec.version.value = version
+        request.inputs[key].CopyFrom(to_tensor_proto(array))
+        request.output_filter.extend(outputs)
+        response = self.stub.Predict(request, timeout=self.timeout)
+        return {
+            k: from_tensor_proto(response.outputs[k]) for k in outputs
+        }, response.model_spec.version.value
+
+    def encode(
+        self, images: np.ndarray, version: int | None = None
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """μ, σ and fixed-ε z for images (n, H, W, 3) in [0, 1], and the version that answered."""
+        return self._predict(
+            ENCODER_NAME, ENCODE_SIGNATURE, "images", images, version, ENCODE_OUTPUTS
+        )
+
+    def decode(self, z: np.ndarray, version: int | None = None) -> tuple[np.ndarray, int]:
+        outputs, served = self._predict(
+            DECODER_NAME, DECODE_SIGNATURE, "z", z, version, ("images",)
+        )
+        return outputs["images"], served
+
+    def shape(self, version: int | None = None) -> ModelShape:
+        """Input size and latent dim, read from the encoder's signature (GetModelMetadata)."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = ENCODER_NAME
+        if version:
+            request.model_spec.version.value = version
+        request.metadata_field.append("signature_def")
+        response = self.stub.GetModelMetadata(request, timeout=self.timeout)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        signature = signature_map.signature_def[ENCODE_SIGNATURE]
+        dims = [d.size for d in signature.inputs["images"].tensor_shape.dim]
+        latent = [d.size for d in signature.outputs["mu"].tensor_shape.dim][-1]
+        return ModelShape(response.model_spec.version.value, dims[1], dims[2], latent)

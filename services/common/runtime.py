@@ -1,0 +1,136 @@
+"""What every Atelier gRPC service shares: server setup, health, reflection, shutdown and logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def configure_logging(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None or value == "":
+        raise SystemExit(f"missing required environment variable {name}")
+    return value
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: tuple[str, ...]
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            self.health.set(name, status)
+
+
+@contextmanager
+def grpc_server(
+    register: Callable[[grpc.Server], None],
+    service_names: tuple[str, ...],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    workers: int = 8,
+    grace_seconds: float = 5.0,
+) -> Iterator[RunningServer]:
+    """A started server with health (NOT_SERVING until the caller says so) and reflection.
+
+    Port 0 binds a free port; the bound one is on the result.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    register(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise SystemExit(f"could not bind {host}:{port}")
+    server.start()
+    running = RunningServer(server, bound, health_servicer, service_names)
+    running.set_serving(False)
+    log.info("listening on %s:%d (%s)", host, bound, ", ".join(service_names))
+    try:
+        yield running
+    finally:
+        health_servicer.enter_graceful_shutdown()
+        server.stop(grace_seconds).wait()
+
+
+def wait_for_shutdown(running: RunningServer) -> None:
+    """Block until SIGTERM or SIGINT, then flip health to NOT_SERVING; the caller's context stops the server."""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        running.health.enter_graceful_shutdown()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+
+
+def abort_invalid(context: grpc.ServicerContext, reason: str):
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+
+def abort_not_found(context: grpc.ServicerContext, reason: str):
+    context.abort(grpc.StatusCode.NOT_FOUND, reason)

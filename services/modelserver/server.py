@@ -1,0 +1,108 @@
+"""An embedded TensorFlow Serving PredictionService: loads the SavedModels and calls their signatures.
+
+It speaks the tensorflow-serving-api contract, so every client works unchanged against a real
+`tensorflow/serving` container (see deploy/README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import tensorflow as tf
+from google.protobuf import any_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from atelier.modelstore import ServableInputError, ServableNotFound, ServableRegistry
+from services.common.runtime import RunningServer, grpc_server
+from services.modelserver.config import Settings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "tensorflow.serving.PredictionService"
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, registry: ServableRegistry):
+        self.registry = registry
+
+    def _servable(self, model_spec, context):
+        version = model_spec.version.value if model_spec.HasField("version") else None
+        try:
+            return self.registry.get(model_spec.name, version)
+        except ServableNotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    def Predict(self, request, context):
+        servable = self._servable(request.model_spec, context)
+        try:
+            inputs = {key: tf.make_ndarray(tensor) for key, tensor in request.inputs.items()}
+        except (TypeError, ValueError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable input tensor: {exc}")
+        try:
+            outputs = servable.run(request.model_spec.signature_name, inputs)
+        except ServableNotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ServableInputError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except tf.errors.InvalidArgumentError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        wanted = set(request.output_filter) or set(outputs)
+        unknown = wanted - set(outputs)
+        if unknown:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown outputs in output_filter: {sorted(unknown)}",
+            )
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+        for key in wanted:
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
+        return response
+
+    def GetModelMetadata(self, request, context):
+        if list(request.metadata_field) not in ([], ["signature_def"]):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "only metadata_field 'signature_def' is supported"
+            )
+        servable = self._servable(request.model_spec, context)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, definition in servable.signature_defs.items():
+            if not name.startswith("__"):
+                signature_map.signature_def[name].CopyFrom(definition)
+        packed = any_pb2.Any()
+        packed.Pack(signature_map)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].CopyFrom(packed)
+        return response
+
+
+@contextmanager
+def run_server(settings: Settings) -> Iterator[RunningServer]:
+    """Load and warm up every model version, then serve; health turns SERVING once ready."""
+    registry = ServableRegistry(settings.models_dir)
+    if not registry.names():
+        raise SystemExit(
+            f"no SavedModels under {settings.models_dir} (expected <name>/<version>/saved_model.pb)"
+        )
+    servicer = PredictionServicer(registry)
+
+    def register(server: grpc.Server) -> None:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+
+    with grpc_server(
+        register, (SERVICE_NAME,), settings.host, settings.port, settings.workers
+    ) as running:
+        registry.warm_up()
+        log.info("serving %s", {name: registry.versions(name) for name in registry.names()})
+        running.set_serving(True)
+        yield running
