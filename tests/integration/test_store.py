@@ -1,0 +1,112 @@
+"""The Redis layout against a real redis-server: packed codes, idempotent upserts, generations, jobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atelier import jobs
+from atelier.catalogue import load_image_file
+from atelier.modelstore import LoadedEncoder
+from atelier.store import GENERATION_CHANNEL, CodeStore, ItemRecord, ModelRecord
+
+pytestmark = pytest.mark.integration
+
+
+def _record(item_id: str, seed: int) -> ItemRecord:
+    rng = np.random.default_rng(seed)
+    mu, sigma = rng.normal(size=16).astype(np.float32), rng.uniform(0.1, 1, 16).astype(np.float32)
+    return ItemRecord(item_id, mu, sigma, mu + sigma, {"category": "Bags", "article_type": "Handbags"})
+
+
+def test_codes_are_packed_float32_and_round_trip(store: CodeStore):
+    record = _record("42", 0)
+    store.upsert_codes(7, [record])
+    raw = store.redis.hget("atelier:gen:7:item:42", "mu")
+    assert isinstance(raw, bytes) and len(raw) == 16 * 4  # packed float32, not JSON
+    loaded = store.item(7, "42")
+    assert np.array_equal(loaded.mu, record.mu) and np.array_equal(loaded.sigma, record.sigma)
+    assert loaded.metadata["category"] == "Bags"
+    assert store.item(8, "42") is None
+
+
+def test_upserts_are_idempotent(store: CodeStore):
+    records = [_record(str(i), i) for i in range(50)]
+    for _ in range(3):
+        store.upsert_codes(1, records)
+    assert store.item_count(1) == 50
+    assert len(list(store.redis.scan_iter(match="atelier:gen:1:item:*"))) == 50
+    matrix = store.load_codes(1)
+    order = {item_id: row for row, item_id in enumerate(matrix.item_ids)}
+    assert np.array_equal(matrix.mu[order["7"]], records[7].mu)
+
+
+def test_serving_switch_is_atomic_and_announced(store: CodeStore):
+    epsilon = np.ones(16, np.float32)
+    with pytest.raises(KeyError):
+        store.serve(1)
+    store.register_model(ModelRecord(1, 16, 80, 64, "a", epsilon))
+    store.register_model(ModelRecord(2, 16, 80, 64, "b", epsilon * 2))
+    pubsub = store.redis.pubsub()
+    pubsub.subscribe(GENERATION_CHANNEL)
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    store.serve(1)
+    store.serve(2)
+    announced = [pubsub.get_message(timeout=1)["data"] for _ in range(2)]
+    assert announced == [b"1", b"2"]
+    assert store.served_version() == 2
+    assert np.array_equal(store.model(2).epsilon, epsilon * 2)
+    assert store.model_versions() == [1, 2]
+
+
+def test_old_generation_stays_until_removed(store: CodeStore):
+    store.register_model(ModelRecord(1, 16, 80, 64, "a", np.zeros(16, np.float32)))
+    store.register_model(ModelRecord(2, 16, 80, 64, "b", np.zeros(16, np.float32)))
+    store.upsert_codes(1, [_record("a", 1)])
+    store.upsert_codes(2, [_record("a", 2)])
+    store.serve(2)
+    assert store.item(1, "a") is not None
+    store.serve(1)
+    with pytest.raises(ValueError, match="being served"):
+        store.remove_generation(1)
+    assert store.remove_generation(2) == 2
+    assert store.item(2, "a") is None and store.item(1, "a") is not None
+
+
+def test_encode_chunk_records_bad_images_and_is_idempotent(store: CodeStore, models_dir, tiny_images, tmp_path):
+    encoder = LoadedEncoder(models_dir)
+    good = sorted(tiny_images.iterdir())[:3]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    entries = [{"item_id": p.stem, "image_ref": str(p), "category": "X"} for p in good]
+    entries += [
+        {"item_id": "empty", "image_ref": str(tmp_path / "empty.jpg")},
+        {"item_id": "gone", "image_ref": str(tmp_path / "nope.jpg")},
+        {"item_id": "inline", "image": good[0].read_bytes(), "category": "Y"},
+    ]
+    queued: list[list[str]] = []
+    job_id = jobs.submit(store, 1, entries, lambda _job, ids: queued.append(ids), chunk_size=4)
+    assert [len(c) for c in queued] == [4, 2]
+
+    def encode(images, _version):
+        return encoder.encode(images)
+
+    for _ in range(2):  # a redelivered chunk changes nothing
+        for chunk in queued:
+            jobs.encode_chunk(store, encode, job_id, chunk, (80, 64))
+    progress = jobs.progress(store, job_id, max_failures=10)
+    assert progress.state is jobs.JobState.SUCCEEDED
+    assert (progress.total, progress.done, progress.failed) == (6, 4, 2)
+    assert "empty" in progress.failures["empty"] and "missing" in progress.failures["gone"]
+    assert store.item_count(1) == 4
+    expected = encoder.encode(load_image_file(good[0])[None])
+    assert np.allclose(store.item(1, "inline").mu, expected["mu"][0], atol=1e-5)
+    assert store.item(1, "inline").metadata["image_ref"] == "inline"
+
+
+def test_submit_rejects_duplicate_or_missing_ids(store: CodeStore):
+    with pytest.raises(ValueError, match="twice"):
+        jobs.submit(store, 1, [{"item_id": "a"}, {"item_id": "a"}], lambda *_: None)
+    with pytest.raises(ValueError, match="non-empty"):
+        jobs.submit(store, 1, [{"item_id": ""}], lambda *_: None)
+    with pytest.raises(ValueError, match="at least one"):
+        jobs.submit(store, 1, [], lambda *_: None)
