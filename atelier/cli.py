@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -154,6 +155,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    """Submit a catalogue to the EncoderService and follow the job with a progress bar."""
+    import time
+
+    import grpc
+    from tqdm import tqdm
+
+    from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+
+    with grpc.insecure_channel(args.encoder) as channel:
+        stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+        request = encoder_pb2.SubmitCatalogueRequest(
+            csv_path=str(args.catalogue.resolve()),
+            image_dir=str(args.images.resolve()) if args.images else "",
+            model_version=args.version,
+        )
+        try:
+            job = stub.SubmitCatalogue(request, timeout=120)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 2
+        print(f"job {job.job_id}: {job.total} items under model version {job.model_version}")
+        with tqdm(total=job.total, unit="item", desc="encoding") as bar:
+            while job.state not in (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_CANCELLED):
+                time.sleep(0.5)
+                job = stub.GetJob(
+                    encoder_pb2.GetJobRequest(job_id=job.job_id, max_failures=50), timeout=10
+                )
+                bar.update(job.done + job.failed - bar.n)
+                bar.set_postfix(
+                    failed=job.failed,
+                    rate=f"{job.items_per_second:.0f}/s",
+                    eta=f"{job.eta_seconds:.0f}s",
+                )
+    for failure in job.failures:
+        print(f"failed {failure.item_id}: {failure.reason}")
+    print(f"{common_pb2.JobState.Name(job.state)}: {job.done} encoded, {job.failed} failed")
+    if args.serve and job.state == common_pb2.JOB_STATE_SUCCEEDED:
+        from atelier.store import CodeStore
+
+        CodeStore.from_url(args.redis).serve(job.model_version)
+        print(f"now serving model version {job.model_version}")
+    return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def cmd_generations(args: argparse.Namespace) -> int:
+    from atelier.store import CodeStore
+
+    store = CodeStore.from_url(args.redis)
+    if args.action == "list":
+        served = store.served_version()
+        for version in store.model_versions():
+            marker = " (served)" if version == served else ""
+            print(f"version {version}: {store.item_count(version)} items{marker}")
+    elif args.action == "serve":
+        store.serve(args.version)
+        print(f"now serving model version {args.version}")
+    elif args.action == "remove":
+        print(f"removed {store.remove_generation(args.version)} keys of version {args.version}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -213,6 +276,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("demo-output"))
     demo.set_defaults(handler=cmd_demo)
+
+    encode = commands.add_parser(
+        "encode", help="encode a catalogue through the queue (EncoderService)"
+    )
+    encode.add_argument("--catalogue", type=Path, required=True)
+    encode.add_argument("--images", type=Path, default=None)
+    encode.add_argument(
+        "--version", type=int, default=0, help="model version (default: the served one)"
+    )
+    encode.add_argument("--encoder", default=os.environ.get("ENCODER_ADDR", "127.0.0.1:50051"))
+    encode.add_argument(
+        "--serve", action="store_true", help="serve this generation once it is complete"
+    )
+    encode.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    encode.set_defaults(handler=cmd_encode)
+
+    generations = commands.add_parser(
+        "generations", help="list, serve or remove generations of codes"
+    )
+    generations.add_argument("action", choices=("list", "serve", "remove"))
+    generations.add_argument("version", type=int, nargs="?", default=0)
+    generations.add_argument(
+        "--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    generations.set_defaults(handler=cmd_generations)
     return parser
 
 

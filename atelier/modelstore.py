@@ -113,12 +113,50 @@ class _DecoderModule(tf.Module):
         return {"images": self.decoder(z, training=False)}
 
 
-def _save_atomically(module: tf.Module, signatures: dict, target: Path, metadata: dict) -> None:
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+def write_warmup_requests(
+    version_dir: Path, model_name: str, signature: str, inputs: dict[str, np.ndarray]
+) -> None:
+    """TensorFlow Serving's warm-up file: PredictionLog records replayed before a version serves."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    path = version_dir / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        log_record = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
+        writer.write(log_record.SerializeToString())
+
+
+def read_warmup_requests(version_dir: Path) -> list:
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = version_dir / WARMUP_FILE
+    if not path.exists():
+        return []
+    records = []
+    for raw in tf.data.TFRecordDataset(str(path)):
+        records.append(prediction_log_pb2.PredictionLog.FromString(raw.numpy()).predict_log.request)
+    return records
+
+
+def _save_atomically(
+    module: tf.Module, signatures: dict, target: Path, metadata: dict, warmup: tuple[str, str, dict]
+) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tf.saved_model.save(module, str(staging), signatures=signatures)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=1))
+        write_warmup_requests(staging, *warmup)
         if target.exists():
             shutil.rmtree(target)
         # TF Serving polls the model dir: it must never see a half-written version.
@@ -152,12 +190,18 @@ def export_model(
     models_dir = Path(models_dir)
     encoder_module = _EncoderModule(model.encoder, metadata.epsilon, config.image_size)
     decoder_module = _DecoderModule(model.decoder, config.latent_dim)
-    for name, module, signature, function in (
-        (ENCODER_NAME, encoder_module, ENCODE_SIGNATURE, encoder_module.encode),
-        (DECODER_NAME, decoder_module, DECODE_SIGNATURE, decoder_module.decode),
-    ):
+    height, width = config.image_size
+    for name, module, signature, function, warmup_inputs in (
+        (ENCODER_NAME, encoder_module, ENCODE_SIGNATURE, encoder_module.encode,
+         {"images": np.full((1, height, width, 3), 0.5, np.float32)}),
+        (DECODER_NAME, decoder_module, DECODE_SIGNATURE, decoder_module.decode,
+         {"z": np.zeros((1, config.latent_dim), np.float32)}),
+    ):  # fmt: skip
         signatures = {signature: function, "serving_default": function}
-        _save_atomically(module, signatures, models_dir / name / str(version), metadata.to_json())
+        target = models_dir / name / str(version)
+        _save_atomically(
+            module, signatures, target, metadata.to_json(), (name, signature, warmup_inputs)
+        )
     return metadata
 
 
@@ -323,17 +367,13 @@ class ServableRegistry:
             )
         return versions[chosen]
 
-    def warm_up(self) -> None:
-        """One call per signature, so the first real request does not pay for tracing."""
+    def warm_up(self) -> int:
+        """Replay each version's TF Serving warm-up requests, as TensorFlow Serving does at load."""
+        replayed = 0
         for versions in self._servables.values():
             for servable in versions.values():
-                for signature_name in servable.loaded.signatures:  # type: ignore[attr-defined]
-                    specs = servable.signature(signature_name).structured_input_signature[1]
-                    dummy = {
-                        k: np.zeros(
-                            [1 if d is None else d for d in spec.shape.as_list()],
-                            spec.dtype.as_numpy_dtype,
-                        )
-                        for k, spec in specs.items()
-                    }
-                    servable.run(signature_name, dummy)
+                for request in read_warmup_requests(servable.path):
+                    inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+                    servable.run(request.model_spec.signature_name, inputs)
+                    replayed += 1
+        return replayed

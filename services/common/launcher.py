@@ -39,12 +39,16 @@ class ManagedProcess:
         stop_pid(self.process, timeout)
 
 
-def start_process(name: str, argv: list[str], env: dict[str, str], log_dir: Path, address: str | None = None) -> ManagedProcess:
+def start_process(
+    name: str, argv: list[str], env: dict[str, str], log_dir: Path, address: str | None = None
+) -> ManagedProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     handle = log_path.open("ab")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **env}
-    process = subprocess.Popen(argv, env=full_env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        argv, env=full_env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT
+    )
     handle.close()
     log.info("started %s (pid %d)%s", name, process.pid, f" on {address}" if address else "")
     return ManagedProcess(name, process, address, log_path)
@@ -59,7 +63,9 @@ def wait_serving(managed: ManagedProcess, timeout: float = 120.0) -> None:
         while time.monotonic() < deadline:
             if managed.process.poll() is not None:
                 tail = managed.log_path.read_text()[-3000:] if managed.log_path else ""
-                raise RuntimeError(f"{managed.name} exited with {managed.process.returncode}:\n{tail}")
+                raise RuntimeError(
+                    f"{managed.name} exited with {managed.process.returncode}:\n{tail}"
+                )
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -92,7 +98,9 @@ class Suite:
         return managed
 
     def start_worker(self, name: str, concurrency: int = 1) -> ManagedProcess:
-        return self.add(start_process(name, celery_worker_argv(concurrency, name), self.env, self.log_dir))
+        return self.add(
+            start_process(name, celery_worker_argv(concurrency, name), self.env, self.log_dir)
+        )
 
     @property
     def log_dir(self) -> Path:
@@ -110,7 +118,12 @@ def local_suite(
 ) -> Iterator[Suite]:
     """Redis (embedded unless redis_url is given), the model server, services and Celery workers."""
     work_dir = Path(work_dir)
-    suite = Suite(env={"ATELIER_LOG_DIR": str(work_dir / "logs"), "MODELS_DIR": str(Path(models_dir).resolve())})
+    suite = Suite(
+        env={
+            "ATELIER_LOG_DIR": str(work_dir / "logs"),
+            "MODELS_DIR": str(Path(models_dir).resolve()),
+        }
+    )
     with suite.stack:
         if redis_url is None:
             redis_server = start_redis(work_dir / "redis")
@@ -128,7 +141,13 @@ def local_suite(
         suite.env.update(extra_env or {})
         for name in services:
             managed = suite.add(
-                start_process(name, [sys.executable, "-m", f"services.{name}"], suite.env, suite.log_dir, addresses[name])
+                start_process(
+                    name,
+                    [sys.executable, "-m", f"services.{name}"],
+                    suite.env,
+                    suite.log_dir,
+                    addresses[name],
+                )
             )
             wait_serving(managed)
         for index in range(workers):

@@ -63,8 +63,19 @@ class ModelClient:
     def close(self) -> None:
         self.channel.close()
 
+    def _deadline(self, remaining: float | None) -> float:
+        # A server passes its caller's remaining time on, so a downstream call never outlives it.
+        return self.timeout if remaining is None else max(0.001, min(self.timeout, remaining))
+
     def _predict(
-        self, name: str, signature: str, key: str, array: np.ndarray, version: int | None, outputs
+        self,
+        name: str,
+        signature: str,
+        key: str,
+        array: np.ndarray,
+        version: int | None,
+        outputs: tuple[str, ...],
+        remaining: float | None,
     ):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = name
@@ -73,22 +84,24 @@ class ModelClient:
             request.model_spec.version.value = version
         request.inputs[key].CopyFrom(to_tensor_proto(array))
         request.output_filter.extend(outputs)
-        response = self.stub.Predict(request, timeout=self.timeout)
+        response = self.stub.Predict(request, timeout=self._deadline(remaining))
         return {
             k: from_tensor_proto(response.outputs[k]) for k in outputs
         }, response.model_spec.version.value
 
     def encode(
-        self, images: np.ndarray, version: int | None = None
+        self, images: np.ndarray, version: int | None = None, remaining: float | None = None
     ) -> tuple[dict[str, np.ndarray], int]:
         """μ, σ and fixed-ε z for images (n, H, W, 3) in [0, 1], and the version that answered."""
         return self._predict(
-            ENCODER_NAME, ENCODE_SIGNATURE, "images", images, version, ENCODE_OUTPUTS
+            ENCODER_NAME, ENCODE_SIGNATURE, "images", images, version, ENCODE_OUTPUTS, remaining
         )
 
-    def decode(self, z: np.ndarray, version: int | None = None) -> tuple[np.ndarray, int]:
+    def decode(
+        self, z: np.ndarray, version: int | None = None, remaining: float | None = None
+    ) -> tuple[np.ndarray, int]:
         outputs, served = self._predict(
-            DECODER_NAME, DECODE_SIGNATURE, "z", z, version, ("images",)
+            DECODER_NAME, DECODE_SIGNATURE, "z", z, version, ("images",), remaining
         )
         return outputs["images"], served
 
@@ -99,7 +112,7 @@ class ModelClient:
         if version:
             request.model_spec.version.value = version
         request.metadata_field.append("signature_def")
-        response = self.stub.GetModelMetadata(request, timeout=self.timeout)
+        response = self.stub.GetModelMetadata(request, timeout=self._deadline(None))
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
         signature = signature_map.signature_def[ENCODE_SIGNATURE]

@@ -103,8 +103,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         except ImageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad image: {exc}")
         try:
-            codes, version = self.model.encode(pixels[None], shape.version)
+            codes, version = self.model.encode(
+                pixels[None], shape.version, context.time_remaining()
+            )
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while encoding")
             context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"model server: {exc.code().name}: {exc.details()}"
             )

@@ -102,7 +102,11 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
     with grpc_server(
         register, (SERVICE_NAME,), settings.host, settings.port, settings.workers
     ) as running:
-        registry.warm_up()
-        log.info("serving %s", {name: registry.versions(name) for name in registry.names()})
+        replayed = registry.warm_up()
+        log.info(
+            "serving %s (%d warm-up requests replayed)",
+            {n: registry.versions(n) for n in registry.names()},
+            replayed,
+        )
         running.set_serving(True)
         yield running

@@ -21,7 +21,9 @@ def two_version_models(tmp_path_factory, models_dir) -> Path:
     committed = model_versions(models_dir)[-1]
     for name in (ENCODER_NAME, DECODER_NAME):
         shutil.copytree(models_dir / name / str(committed), target / name / "1")
-    export_model(Autoencoder(ModelConfig()), target, version=2, data_hash="untrained", epsilon_seed=2)
+    export_model(
+        Autoencoder(ModelConfig()), target, version=2, data_hash="untrained", epsilon_seed=2
+    )
     return target
 
 

@@ -54,12 +54,18 @@ def _wait(stub, job_id: str, timeout: float = 240.0) -> common_pb2.Job:
 
 def test_health_and_reflection(encoding_suite):
     with grpc.insecure_channel(encoding_suite.env["ENCODER_ADDR"]) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="atelier.v1.EncoderService"), timeout=5)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="atelier.v1.EncoderService"), timeout=5
+        )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
         request = reflection_pb2.ServerReflectionRequest(list_services="")
-        response = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([request]), timeout=5))
+        response = next(
+            reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([request]), timeout=5
+            )
+        )
         names = {s.name for s in response.list_services_response.service}
         assert {"atelier.v1.EncoderService", "grpc.health.v1.Health"} <= names
 
@@ -94,14 +100,19 @@ def test_unknown_model_version_is_not_found(stub, tiny_images):
         stub.Encode(encoder_pb2.EncodeRequest(image=data, model_version=99), timeout=10)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as error:
-        stub.SubmitCatalogue(encoder_pb2.SubmitCatalogueRequest(csv_path="/nowhere.csv", model_version=99), timeout=10)
+        stub.SubmitCatalogue(
+            encoder_pb2.SubmitCatalogueRequest(csv_path="/nowhere.csv", model_version=99),
+            timeout=10,
+        )
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as error:
         stub.GetJob(encoder_pb2.GetJobRequest(job_id="nope"), timeout=10)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_bad_items_are_reported_per_item_and_lose_nothing_else(stub, code_store, tiny_images, tmp_path):
+def test_bad_items_are_reported_per_item_and_lose_nothing_else(
+    stub, code_store, tiny_images, tmp_path
+):
     good = sorted(tiny_images.iterdir())[:5]
     jpeg = good[0].read_bytes()
     gray = Image.open(good[1]).convert("L")
@@ -119,18 +130,24 @@ def test_bad_items_are_reported_per_item_and_lose_nothing_else(stub, code_store,
         "missing-file": {"image_ref": str(tmp_path / "missing.jpg")},
     }
     entries = [
-        encoder_pb2.CatalogueEntry(item=common_pb2.Item(item_id=f"ok-{p.stem}", category="Footwear", image_ref=str(p)))
+        encoder_pb2.CatalogueEntry(
+            item=common_pb2.Item(item_id=f"ok-{p.stem}", category="Footwear", image_ref=str(p))
+        )
         for p in good
     ]
     for item_id, source in cases.items():
         entries.append(
             encoder_pb2.CatalogueEntry(
-                item=common_pb2.Item(item_id=item_id, category="Test", image_ref=source.get("image_ref", "")),
+                item=common_pb2.Item(
+                    item_id=item_id, category="Test", image_ref=source.get("image_ref", "")
+                ),
                 image=source.get("image", b""),
             )
         )
     job = stub.SubmitCatalogue(
-        encoder_pb2.SubmitCatalogueRequest(entries=encoder_pb2.CatalogueEntries(entries=entries), model_version=1),
+        encoder_pb2.SubmitCatalogueRequest(
+            entries=encoder_pb2.CatalogueEntries(entries=entries), model_version=1
+        ),
         timeout=30,
     )
     job = _wait(stub, job.job_id)
@@ -147,12 +164,18 @@ def test_bad_items_are_reported_per_item_and_lose_nothing_else(stub, code_store,
         assert code_store.item(1, item_id) is None
 
 
-def test_killed_worker_loses_and_duplicates_nothing(encoding_suite, stub, code_store, tiny_images, tmp_path):
+def test_killed_worker_loses_and_duplicates_nothing(
+    encoding_suite, stub, code_store, tiny_images, tmp_path
+):
     images = sorted(tiny_images.iterdir())
-    rows = ["id,image_path,category"] + [f"k{i},{images[i % len(images)]},Footwear" for i in range(3000)]
+    rows = ["id,image_path,category"] + [
+        f"k{i},{images[i % len(images)]},Footwear" for i in range(3000)
+    ]
     csv_path = tmp_path / "catalogue.csv"
     csv_path.write_text("\n".join(rows) + "\n")
-    job = stub.SubmitCatalogue(encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path), model_version=2), timeout=60)
+    job = stub.SubmitCatalogue(
+        encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path), model_version=2), timeout=60
+    )
     victim = encoding_suite.processes["worker1"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -181,7 +204,9 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def test_generation_rollout_readers_see_a_then_b_never_a_mix(stub, code_store, two_version_models, tiny_images, tmp_path):
+def test_generation_rollout_readers_see_a_then_b_never_a_mix(
+    stub, code_store, two_version_models, tiny_images, tmp_path
+):
     images = sorted(tiny_images.iterdir())[:40]
     rows = ["id,image_path,category"] + [f"{p.stem},{p},Footwear" for p in images]
     csv_path = tmp_path / "rollout.csv"
@@ -190,7 +215,9 @@ def test_generation_rollout_readers_see_a_then_b_never_a_mix(stub, code_store, t
     pixels = np.stack([decode_image(p.read_bytes()) for p in images])
     expected = {v: LoadedEncoder(two_version_models, v).encode(pixels)["mu"] for v in (1, 2)}
 
-    job_a = stub.SubmitCatalogue(encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path), model_version=1), timeout=30)
+    job_a = stub.SubmitCatalogue(
+        encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path), model_version=1), timeout=30
+    )
     assert _wait(stub, job_a.job_id).done == 40
     code_store.serve(1)
 
@@ -213,7 +240,9 @@ def test_generation_rollout_readers_see_a_then_b_never_a_mix(stub, code_store, t
 
     thread = threading.Thread(target=reader)
     thread.start()
-    job_b = stub.SubmitCatalogue(encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path), model_version=2), timeout=30)
+    job_b = stub.SubmitCatalogue(
+        encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path), model_version=2), timeout=30
+    )
     assert _wait(stub, job_b.job_id).done == 40
     time.sleep(0.3)
     code_store.serve(2)
@@ -230,10 +259,14 @@ def test_generation_rollout_readers_see_a_then_b_never_a_mix(stub, code_store, t
 
 def test_cancel_stops_a_job(stub, tiny_images, tmp_path):
     images = sorted(tiny_images.iterdir())
-    rows = ["id,image_path,category"] + [f"c{i},{images[i % len(images)]},Bags" for i in range(4000)]
+    rows = ["id,image_path,category"] + [
+        f"c{i},{images[i % len(images)]},Bags" for i in range(4000)
+    ]
     csv_path = tmp_path / "cancel.csv"
     csv_path.write_text("\n".join(rows) + "\n")
-    job = stub.SubmitCatalogue(encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path), model_version=1), timeout=60)
+    job = stub.SubmitCatalogue(
+        encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path), model_version=1), timeout=60
+    )
     cancelled = stub.CancelJob(encoder_pb2.CancelJobRequest(job_id=job.job_id), timeout=5)
     assert cancelled.state == common_pb2.JOB_STATE_CANCELLED
     time.sleep(2)

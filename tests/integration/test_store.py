@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 def _record(item_id: str, seed: int) -> ItemRecord:
     rng = np.random.default_rng(seed)
     mu, sigma = rng.normal(size=16).astype(np.float32), rng.uniform(0.1, 1, 16).astype(np.float32)
-    return ItemRecord(item_id, mu, sigma, mu + sigma, {"category": "Bags", "article_type": "Handbags"})
+    return ItemRecord(
+        item_id, mu, sigma, mu + sigma, {"category": "Bags", "article_type": "Handbags"}
+    )
 
 
 def test_codes_are_packed_float32_and_round_trip(store: CodeStore):
@@ -73,7 +75,9 @@ def test_old_generation_stays_until_removed(store: CodeStore):
     assert store.item(2, "a") is None and store.item(1, "a") is not None
 
 
-def test_encode_chunk_records_bad_images_and_is_idempotent(store: CodeStore, models_dir, tiny_images, tmp_path):
+def test_encode_chunk_records_bad_images_and_is_idempotent(
+    store: CodeStore, models_dir, tiny_images, tmp_path
+):
     encoder = LoadedEncoder(models_dir)
     good = sorted(tiny_images.iterdir())[:3]
     (tmp_path / "empty.jpg").write_bytes(b"")
