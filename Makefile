@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED ?= ../shared/data/fashion-product-small
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint format results train-default train-baselines evaluate clean
+.PHONY: venv demo test lint format protos results train-default train-baselines evaluate bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: lint
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/gen_protos.py --check
+
+protos: venv
+	$(BIN)/python scripts/gen_protos.py
 
 format: venv
 	$(BIN)/ruff format .
@@ -44,6 +48,9 @@ evaluate: venv
 		--ae-run runs/ae --plain-vae-run runs/vae-plain --docs docs
 
 results: train-default train-baselines evaluate
+
+bench: venv
+	$(BIN)/python -m bench.encode_queue --catalogue $(SHARED)/styles.csv
 
 clean:
 	rm -rf runs demo-output .pytest_cache .ruff_cache

@@ -1,0 +1,67 @@
+"""Partitions of the latent space: k-means clusters (scikit-learn) or catalogue categories, and their centres."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Centres and each item's partition. names[i] labels partition i (a cluster number or a category)."""
+
+    centres: np.ndarray  # (p, d) float32
+    labels: np.ndarray  # (n,) int, row-aligned with the codes
+    names: tuple[str, ...]
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """Nearest centre (Euclidean) for each row: how a query finds its cluster."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+        distances = ((vectors[:, None, :] - self.centres[None].astype(np.float64)) ** 2).sum(axis=2)
+        return np.argmin(distances, axis=1)
+
+    def nearest(self, vector: np.ndarray, count: int) -> np.ndarray:
+        """The `count` partitions whose centres are closest to one vector (for nprobe)."""
+        distances = ((self.centres.astype(np.float64) - np.asarray(vector, np.float64)) ** 2).sum(
+            axis=1
+        )
+        return np.argsort(distances, kind="stable")[:count]
+
+
+def fit_kmeans(vectors: np.ndarray, item_ids: Sequence[str], k: int, seed: int = 0) -> Partition:
+    """k-means on the codes, fitted in item-id order so the result never depends on row order.
+
+    Labels come from nearest-centre assignment, the same rule queries use.
+    """
+    if k < 1 or k > len(vectors):
+        raise ValueError(f"k must be between 1 and the number of items ({len(vectors)}), got {k}")
+    order = np.argsort(np.asarray(item_ids, dtype=object), kind="stable")
+    model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(
+        np.asarray(vectors, np.float32)[order]
+    )
+    centres = model.cluster_centers_.astype(np.float32)
+    partition = Partition(centres, np.zeros(len(vectors), int), tuple(str(i) for i in range(k)))
+    return Partition(centres, partition.assign(vectors), partition.names)
+
+
+def from_centres(
+    vectors: np.ndarray, centres: np.ndarray, names: Sequence[str] | None = None
+) -> Partition:
+    """Rebuild a partition from stored centres (e.g. read back from Redis)."""
+    names = tuple(names) if names else tuple(str(i) for i in range(len(centres)))
+    partition = Partition(np.asarray(centres, np.float32), np.zeros(len(vectors), int), names)
+    return Partition(partition.centres, partition.assign(vectors), names)
+
+
+def by_category(vectors: np.ndarray, categories: Sequence[str]) -> Partition:
+    """Catalogue categories as partitions; each centre is its category's mean code."""
+    categories = np.asarray(categories)
+    names = tuple(sorted(set(categories.tolist())))
+    labels = np.searchsorted(np.asarray(names), categories)
+    centres = np.stack(
+        [np.asarray(vectors, np.float64)[labels == i].mean(axis=0) for i in range(len(names))]
+    )
+    return Partition(centres.astype(np.float32), labels, names)

@@ -1,0 +1,30 @@
+"""Container health check: exit 0 only if the gRPC health service at ADDRESS answers SERVING.
+
+python -m services.common.healthcheck 127.0.0.1:50051
+"""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def main(argv: list[str]) -> int:
+    address = argv[1] if len(argv) > 1 else "127.0.0.1:50051"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=3
+            )
+    except grpc.RpcError as exc:
+        print(f"{address}: {exc.code().name}")
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
