@@ -50,3 +50,19 @@ def loglik_item_vectors(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         -np.sum(mu**2 / (2.0 * variance) + 0.5 * np.log(variance), axis=1) - 0.5 * n * LOG_2PI
     )
     return np.hstack([-1.0 / (2.0 * variance), mu / variance, constant[:, None]])
+
+
+def validate_vector(values, latent_dim: int, max_abs: float) -> np.ndarray:
+    """A latent vector from outside: right length, finite, inside ±max_abs. Raises ValueError saying why."""
+    vector = np.asarray(values, dtype=np.float64).ravel()
+    if vector.size != latent_dim:
+        raise ValueError(f"latent vector must have {latent_dim} values, got {vector.size}")
+    if not np.all(np.isfinite(vector)):
+        bad = np.flatnonzero(~np.isfinite(vector)).tolist()
+        raise ValueError(f"latent vector must be finite; NaN or inf at positions {bad}")
+    if np.any(np.abs(vector) > max_abs):
+        worst = int(np.argmax(np.abs(vector)))
+        raise ValueError(
+            f"latent values must lie within ±{max_abs:g}; position {worst} is {vector[worst]:g}"
+        )
+    return vector

@@ -197,6 +197,22 @@ class CodeStore:
             metadata=[r.metadata for r in records],
         )
 
+    def partition_centres(self, version: int, space: str, k: int) -> np.ndarray | None:
+        raw = self.redis.hget(f"{PREFIX}gen:{version}:index", f"kmeans:{space}:{k}")
+        return unpack(raw).reshape(k, -1).copy() if raw else None
+
+    def save_partition_centres(self, version: int, space: str, centres: np.ndarray) -> np.ndarray:
+        """Store k-means centres once per generation; the first writer wins, so replicas agree."""
+        k = len(centres)
+        self.redis.hsetnx(f"{PREFIX}gen:{version}:index", f"kmeans:{space}:{k}", pack(centres))
+        stored = self.partition_centres(version, space, k)
+        assert stored is not None
+        return stored
+
+    def random_item_id(self, version: int) -> str | None:
+        value = self.redis.srandmember(f"{PREFIX}gen:{version}:items")
+        return value.decode() if value else None
+
     @staticmethod
     def _item_key(version: int, item_id: str) -> str:
         return f"{PREFIX}gen:{version}:item:{item_id}"

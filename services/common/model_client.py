@@ -59,6 +59,7 @@ class ModelClient:
             ],
         )
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self._shapes: dict[int, ModelShape] = {}
 
     def close(self) -> None:
         self.channel.close()
@@ -106,7 +107,12 @@ class ModelClient:
         return outputs["images"], served
 
     def shape(self, version: int | None = None) -> ModelShape:
-        """Input size and latent dim, read from the encoder's signature (GetModelMetadata)."""
+        """Input size and latent dim, read from the encoder's signature (GetModelMetadata).
+
+        A pinned version's shape never changes, so it is asked once; "latest" is always asked.
+        """
+        if version and version in self._shapes:
+            return self._shapes[version]
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         request.model_spec.name = ENCODER_NAME
         if version:
@@ -118,4 +124,6 @@ class ModelClient:
         signature = signature_map.signature_def[ENCODE_SIGNATURE]
         dims = [d.size for d in signature.inputs["images"].tensor_shape.dim]
         latent = [d.size for d in signature.outputs["mu"].tensor_shape.dim][-1]
-        return ModelShape(response.model_spec.version.value, dims[1], dims[2], latent)
+        shape = ModelShape(response.model_spec.version.value, dims[1], dims[2], latent)
+        self._shapes[shape.version] = shape
+        return shape

@@ -1,0 +1,167 @@
+"""DecoderService: latent vectors to PNGs (Decode), slider starting points (RandomStart), Fig. 5 strips (Traverse)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import numpy as np
+from PIL import Image
+
+from atelier import generation as generations
+from atelier.latent import validate_vector
+from atelier.store import CodeStore
+from atelier.v1 import common_pb2, decoder_pb2, decoder_pb2_grpc
+from services.common.generation_holder import GenerationHolder
+from services.common.model_client import ModelClient
+from services.common.runtime import RunningServer, grpc_server
+from services.decoder.config import Settings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name
+
+
+def to_png(image: np.ndarray) -> bytes:
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)  # speed over a few bytes
+    return buffer.getvalue()
+
+
+class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
+    def __init__(self, settings: Settings, model: ModelClient, holder: GenerationHolder | None):
+        self.settings = settings
+        self.model = model
+        self.holder = holder
+
+    def _latent_dim(self, version: int, context) -> int:
+        try:
+            return self.model.shape(version or None).latent_dim
+        except grpc.RpcError as exc:
+            code = (
+                grpc.StatusCode.NOT_FOUND
+                if exc.code() == grpc.StatusCode.NOT_FOUND
+                else grpc.StatusCode.UNAVAILABLE
+            )
+            context.abort(code, f"model server: {exc.details()}")
+
+    def _version(self, requested: int) -> int:
+        generation = self.holder.current if self.holder else None
+        return requested or (generation.version if generation else 0)
+
+    def _decode(self, vectors: np.ndarray, version: int, context) -> decoder_pb2.DecodeResponse:
+        try:
+            images, served = self.model.decode(
+                vectors.astype(np.float32), version or None, context.time_remaining()
+            )
+        except grpc.RpcError as exc:
+            code = (
+                exc.code()
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
+                else grpc.StatusCode.UNAVAILABLE
+            )
+            context.abort(code, f"model server: {exc.details()}")
+        return decoder_pb2.DecodeResponse(
+            png=[to_png(image) for image in images],
+            model_version=served,
+            height=images.shape[1],
+            width=images.shape[2],
+        )
+
+    def Decode(self, request, context):
+        if not 1 <= len(request.codes) <= self.settings.max_batch:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"send between 1 and {self.settings.max_batch} codes, got {len(request.codes)}",
+            )
+        version = self._version(request.model_version)
+        dim = self._latent_dim(version, context)
+        try:
+            vectors = np.stack(
+                [
+                    validate_vector(c.values, dim, self.settings.max_abs_latent)
+                    for c in request.codes
+                ]
+            )
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return self._decode(vectors, version, context)
+
+    def RandomStart(self, request, context):
+        generation = self.holder.current if self.holder else None
+        if generation is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no generation of codes is served yet")
+        rows = np.arange(len(generation.codes))
+        if request.category:
+            rows = rows[generation.codes.categories == request.category]
+            if not len(rows):
+                context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no items of category {request.category!r}"
+                )
+        rng = np.random.default_rng(request.seed if request.HasField("seed") else None)
+        row = int(rng.choice(rows))
+        meta = generation.metadata[row]
+        codes = generation.codes
+        return decoder_pb2.RandomStartResponse(
+            item=common_pb2.Item(
+                item_id=codes.item_ids[row],
+                category=meta.get("category", ""),
+                article_type=meta.get("article_type", ""),
+                colour=meta.get("colour", ""),
+                name=meta.get("name", ""),
+                image_ref=meta.get("image_ref", ""),
+            ),
+            code=common_pb2.LatentCode(mu=codes.mu[row], sigma=codes.sigma[row], z=codes.z[row]),
+            model_version=generation.version,
+            lower=generation.lower,
+            upper=generation.upper,
+        )
+
+    def Traverse(self, request, context):
+        version = self._version(request.model_version)
+        dim = self._latent_dim(version, context)
+        limit = self.settings.max_abs_latent
+        try:
+            start = validate_vector(request.start.values, dim, limit)
+            if not 0 <= request.dimension < dim:
+                raise ValueError(
+                    f"dimension must be between 0 and {dim - 1}, got {request.dimension}"
+                )
+            if not 2 <= request.steps <= self.settings.max_steps:
+                raise ValueError(
+                    f"steps must be between 2 and {self.settings.max_steps}, got {request.steps}"
+                )
+            validate_vector([request.low, request.high], 2, limit)
+            if not request.low < request.high:
+                raise ValueError(f"low ({request.low:g}) must be below high ({request.high:g})")
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        strip = np.repeat(start[None], request.steps, axis=0)
+        strip[:, request.dimension] = np.linspace(request.low, request.high, request.steps)
+        return self._decode(strip, version, context)
+
+
+@contextmanager
+def run_server(settings: Settings) -> Iterator[RunningServer]:
+    store = CodeStore.from_url(settings.redis_url)
+    model = ModelClient(settings.model_server_addr, settings.model_timeout)
+    servicer = DecoderServicer(settings, model, None)
+    with grpc_server(
+        lambda server: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(servicer, server),
+        (SERVICE_NAME,),
+        settings.host,
+        settings.port,
+    ) as running:
+        model.shape()  # the model server answers
+        build = functools.partial(generations.build, store, searchable=False)
+        servicer.holder = GenerationHolder(store, build, lambda _g: running.set_serving(True))
+        servicer.holder.start()  # RandomStart needs a served generation: SERVING once it is loaded
+        try:
+            yield running
+        finally:
+            servicer.holder.stop()
+            model.close()
