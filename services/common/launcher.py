@@ -84,9 +84,19 @@ def celery_worker_argv(concurrency: int = 1, name: str = "worker") -> list[str]:
     ]  # fmt: skip
 
 
+PORT_VARS = {
+    "modelserver": ("MODEL_SERVER_PORT", "MODEL_SERVER_ADDR"),
+    "encoder": ("ENCODER_PORT", "ENCODER_ADDR"),
+    "decoder": ("DECODER_PORT", "DECODER_ADDR"),
+    "retrieval": ("RETRIEVAL_PORT", "RETRIEVAL_ADDR"),
+    "recommender": ("RECOMMENDER_PORT", "RECOMMENDER_ADDR"),
+    "gateway": ("GATEWAY_PORT", "GATEWAY_ADDR"),
+}
+
+
 @dataclass
 class Suite:
-    """Addresses and processes of a locally started suite."""
+    """Addresses and processes of a locally started suite. Every process is stopped by its pid."""
 
     env: dict[str, str]
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
@@ -97,14 +107,32 @@ class Suite:
         self.stack.callback(managed.stop)
         return managed
 
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.env["ATELIER_LOG_DIR"])
+
+    def reserve_ports(self, names: tuple[str, ...]) -> None:
+        """Give each service a free port, and every process every address (as compose would)."""
+        for name in names:
+            port_var, addr_var = PORT_VARS[name]
+            if port_var not in self.env:
+                port = free_port()
+                self.env[port_var] = str(port)
+                self.env[addr_var] = f"127.0.0.1:{port}"
+
+    def start_service(self, name: str, wait: bool = True, timeout: float = 180.0) -> ManagedProcess:
+        self.reserve_ports((name,))
+        address = self.env[PORT_VARS[name][1]]
+        argv = [sys.executable, "-m", f"services.{name}"]
+        managed = self.add(start_process(name, argv, self.env, self.log_dir, address))
+        if wait:
+            wait_serving(managed, timeout)
+        return managed
+
     def start_worker(self, name: str, concurrency: int = 1) -> ManagedProcess:
         return self.add(
             start_process(name, celery_worker_argv(concurrency, name), self.env, self.log_dir)
         )
-
-    @property
-    def log_dir(self) -> Path:
-        return Path(self.env["ATELIER_LOG_DIR"])
 
 
 @contextmanager
@@ -116,7 +144,11 @@ def local_suite(
     services: tuple[str, ...] = ("modelserver", "encoder"),
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Suite]:
-    """Redis (embedded unless redis_url is given), the model server, services and Celery workers."""
+    """Redis (embedded unless redis_url is given), the model server, services and Celery workers.
+
+    Query services (decoder, retrieval, recommender) become SERVING only once a generation is
+    served, so callers usually start them with `suite.start_service` after encoding.
+    """
     work_dir = Path(work_dir)
     suite = Suite(
         env={
@@ -130,26 +162,10 @@ def local_suite(
             suite.stack.callback(redis_server.stop)
             redis_url = redis_server.url
         suite.env["REDIS_URL"] = redis_url
-        ports = {name: free_port() for name in services}
-        addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-        port_vars = {"modelserver": "MODEL_SERVER_PORT", "encoder": "ENCODER_PORT", "decoder": "DECODER_PORT",
-                     "retrieval": "RETRIEVAL_PORT", "recommender": "RECOMMENDER_PORT"}  # fmt: skip
-        addr_vars = {"modelserver": "MODEL_SERVER_ADDR", "encoder": "ENCODER_ADDR", "decoder": "DECODER_ADDR",
-                     "retrieval": "RETRIEVAL_ADDR", "recommender": "RECOMMENDER_ADDR"}  # fmt: skip
-        suite.env.update({port_vars[n]: str(p) for n, p in ports.items()})
-        suite.env.update({addr_vars[n]: addresses[n] for n in services})
         suite.env.update(extra_env or {})
+        suite.reserve_ports(tuple(PORT_VARS))
         for name in services:
-            managed = suite.add(
-                start_process(
-                    name,
-                    [sys.executable, "-m", f"services.{name}"],
-                    suite.env,
-                    suite.log_dir,
-                    addresses[name],
-                )
-            )
-            wait_serving(managed)
+            suite.start_service(name)
         for index in range(workers):
             suite.start_worker(f"worker{index + 1}")
         yield suite
