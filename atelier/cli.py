@@ -217,6 +217,133 @@ def cmd_generations(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace):
+    from services.common.client import Addresses, AtelierClient
+
+    env = Addresses.from_env()
+    return AtelierClient(
+        Addresses(
+            encoder=args.encoder or env.encoder,
+            decoder=args.decoder or env.decoder,
+            retrieval=args.retrieval or env.retrieval,
+            recommender=args.recommender or env.recommender,
+        ),
+        timeout=args.timeout,
+    )
+
+
+def _query(args: argparse.Namespace):
+    from services.common.client import make_query
+
+    image = args.image.read_bytes() if args.image else None
+    vector = [float(v) for v in args.code.split(",")] if args.code else None
+    return make_query(item_id=args.item, image=image, vector=vector)
+
+
+def _print_items(title: str, items) -> None:
+    print(title)
+    for rank, result in enumerate(items, 1):
+        item = result.item
+        print(
+            f"  {rank:>3}. {item.item_id:>8}  {result.score:>10.4f}  cluster {result.cluster}  "
+            f"{item.category}/{item.article_type}  {item.name}"
+        )
+
+
+def _run_client(action) -> int:
+    import grpc
+
+    try:
+        return action()
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    def action() -> int:
+        reply = _client(args).search(
+            _query(args), args.method, args.scope, args.k, args.category or "", args.nprobe
+        )
+        _print_items(
+            f"{len(reply.results)} items like it (query cluster {reply.query_cluster}, "
+            f"model version {reply.model_version}, {args.method}):",
+            reply.results,
+        )
+        return 0
+
+    return _run_client(action)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    def action() -> int:
+        reply = _client(args).recommend(_query(args), args.method, args.partition, args.k)
+        _print_items(f"similar, in {reply.similar.partition}:", reply.similar.items)
+        for pairing in reply.pairings:
+            _print_items(
+                f"pairs from {pairing.partition} (z + centre_j − centre_i):", pairing.items
+            )
+        return 0
+
+    return _run_client(action)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    def action() -> int:
+        client = _client(args)
+        if args.code:
+            vector = [float(v) for v in args.code.split(",")]
+        else:
+            start = client.random_start(args.category or "", args.seed)
+            vector = list(start.code.mu)
+            print(
+                f"starting from item {start.item.item_id} ({start.item.category}/{start.item.article_type})"
+            )
+            print("code: " + ",".join(f"{v:.4f}" for v in vector))
+        if args.dimension is None:
+            reply = client.decode([vector])
+            args.output.write_bytes(reply.png[0])
+        else:
+            import io
+
+            from PIL import Image
+
+            reply = client.traverse(vector, args.dimension, args.low, args.high, args.steps)
+            frames = [Image.open(io.BytesIO(png)) for png in reply.png]
+            strip = Image.new("RGB", (sum(f.width for f in frames), frames[0].height), "white")
+            for index, frame in enumerate(frames):
+                strip.paste(frame, (index * frames[0].width, 0))
+            strip.save(args.output)
+        print(
+            f"wrote {args.output} ({reply.width}x{reply.height} per image, model version {reply.model_version})"
+        )
+        return 0
+
+    return _run_client(action)
+
+
+def _add_client_arguments(parser: argparse.ArgumentParser, query: bool = True) -> None:
+    for name in ("encoder", "decoder", "retrieval", "recommender"):
+        parser.add_argument(
+            f"--{name}", default=None, help=f"{name} address (default ${name.upper()}_ADDR)"
+        )
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
+    if query:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--item", help="catalogue item id")
+        source.add_argument("--image", type=Path, help="a product photo")
+        source.add_argument("--code", help="a latent vector, comma-separated")
+        parser.add_argument(
+            "--method",
+            default="fixed_eps",
+            choices=("fixed_eps", "loglik", "mu_l2", "cosine", "cityblock"),
+        )
+        parser.add_argument("-k", type=int, default=10)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -301,6 +428,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     generations.set_defaults(handler=cmd_generations)
+
+    similar = commands.add_parser(
+        "similar", help="catalogue items most like an item, a photo or a code"
+    )
+    _add_client_arguments(similar)
+    similar.add_argument("--scope", default="cluster", choices=("cluster", "catalogue"))
+    similar.add_argument("--category", default=None, help="only items of this category")
+    similar.add_argument("--nprobe", type=int, default=1, help="clusters to search (cluster scope)")
+    similar.set_defaults(handler=cmd_similar)
+
+    recommend = commands.add_parser(
+        "recommend", help="similar items plus pairings from the other clusters"
+    )
+    _add_client_arguments(recommend)
+    recommend.add_argument("--partition", default="kmeans", choices=("kmeans", "category"))
+    recommend.set_defaults(handler=cmd_recommend)
+
+    decode = commands.add_parser(
+        "decode", help="decode a code (or a random catalogue item's) to a PNG"
+    )
+    _add_client_arguments(decode, query=False)
+    decode.add_argument(
+        "--code", default=None, help="latent vector, comma-separated (default: RandomStart)"
+    )
+    decode.add_argument("--category", default=None, help="RandomStart from this category")
+    decode.add_argument("--seed", type=int, default=None)
+    decode.add_argument(
+        "--dimension", type=int, default=None, help="traverse this dimension instead"
+    )
+    decode.add_argument("--low", type=float, default=-3.0)
+    decode.add_argument("--high", type=float, default=3.0)
+    decode.add_argument("--steps", type=int, default=9)
+    decode.add_argument("-o", "--output", type=Path, default=Path("decoded.png"))
+    decode.set_defaults(handler=cmd_decode)
     return parser
 
 

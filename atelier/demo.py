@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from atelier.catalogue import load_images, read_catalogue_csv
-from atelier.evaluation import kmeans_labels, save_grid
+from atelier.clustering import fit_kmeans
+from atelier.evaluation import save_grid
 from atelier.latent import log_likelihood
 from atelier.modelstore import LoadedDecoder, LoadedEncoder
 
@@ -33,7 +34,8 @@ def run_demo(
     decoder = LoadedDecoder(models_dir, encoder.metadata.version)
     loaded = load_images(read_catalogue_csv(catalogue_csv), encoder.metadata.image_size)
     codes = encoder.encode(loaded.images)
-    labels, centres = kmeans_labels(codes["z"], k, seed)
+    partition = fit_kmeans(codes["z"], loaded.ids, k, seed)
+    labels, centres = partition.labels, partition.centres
     ids = loaded.ids
     if item_id is None:
         query = int(np.random.default_rng(seed).integers(len(ids)))

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from atelier.catalogue import PreparedDataset
+from atelier.clustering import fit_kmeans
 from atelier.latent import log_likelihood
 from atelier.metrics import mean_average_precision, per_class_scores
 from atelier.modelstore import LoadedDecoder, LoadedEncoder
@@ -54,9 +54,9 @@ def reconstruction_scores(original: np.ndarray, reconstructed: np.ndarray) -> di
     return {"mse": float(per_image_mse.mean()), "psnr": float(psnr.mean())}
 
 
-def kmeans_labels(vectors: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    model = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(vectors)
-    return model.labels_, model.cluster_centers_
+def kmeans_labels(vectors: np.ndarray, item_ids: list[str], k: int, seed: int) -> np.ndarray:
+    """k-means exactly as the services fit it (item-id order), so their clusters are the same."""
+    return fit_kmeans(vectors, item_ids, k, seed).labels
 
 
 def _scores(method: str, query_index: np.ndarray, codes: Codes) -> np.ndarray:
@@ -253,11 +253,11 @@ def run_evaluation(dataset: PreparedDataset, inputs: EvaluationInputs) -> dict:
     clustering: dict = {}
     cluster_of: dict[str, np.ndarray] = {}
     for key, vectors in (("mu", codes.mu), ("fixed_eps", codes.z)):
-        labels, _ = kmeans_labels(vectors, 3, inputs.seed)
+        labels = kmeans_labels(vectors, catalogue.ids, 3, inputs.seed)
         cluster_of["mu" if key == "mu" else "z"] = labels
         clustering[key] = per_class_scores(labels, families)
     baseline_clustering = {
-        name: per_class_scores(kmeans_labels(c.mu, 3, inputs.seed)[0], families)
+        name: per_class_scores(kmeans_labels(c.mu, catalogue.ids, 3, inputs.seed), families)
         for name, c in baselines.items()
     }
 
@@ -266,7 +266,7 @@ def run_evaluation(dataset: PreparedDataset, inputs: EvaluationInputs) -> dict:
     retrieval = retrieval_grid(codes, query_index, families, article_types, cluster_of)
     baseline_retrieval = {}
     for name, baseline in tqdm(baselines.items(), desc="baseline retrieval"):
-        labels = kmeans_labels(baseline.mu, 3, inputs.seed)[0]
+        labels = kmeans_labels(baseline.mu, catalogue.ids, 3, inputs.seed)
         methods = ("mu_l2",) if baseline.sigma is None else ("loglik", "fixed_eps", "mu_l2")
         baseline_retrieval[name] = retrieval_grid(
             baseline, query_index, families, article_types, {"mu": labels, "z": labels}, methods

@@ -272,3 +272,46 @@ def test_cancel_stops_a_job(stub, tiny_images, tmp_path):
     time.sleep(2)
     later = stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5)
     assert later.state == common_pb2.JOB_STATE_CANCELLED and later.done + later.failed < 4000
+
+
+def test_model_server_speaks_tensorflow_serving_errors(encoding_suite):
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    from services.common.model_client import ModelClient, to_tensor_proto
+
+    client = ModelClient(encoding_suite.env["MODEL_SERVER_ADDR"])
+    shape = client.shape()
+    assert (shape.image_height, shape.image_width, shape.latent_dim, shape.version) == (
+        80,
+        64,
+        16,
+        2,
+    )
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(client.channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "atelier_encoder"
+    request.model_spec.signature_name = "encode"
+    request.inputs["images"].CopyFrom(to_tensor_proto(np.zeros((1, 80, 60, 3), np.float32)))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=10)
+    assert (
+        error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "shape" in error.value.details()
+    )
+    request.model_spec.name = "no_such_model"
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(request, timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest()
+    metadata.model_spec.name = "atelier_decoder"
+    metadata.model_spec.version.value = 7
+    metadata.metadata_field.append("signature_def")
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetModelMetadata(metadata, timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    images, version = client.decode(np.zeros((2, 16), np.float32), version=1)
+    assert images.shape == (2, 80, 64, 3) and version == 1
+    client.close()

@@ -198,8 +198,7 @@ def test_recommend_matches_numpy_eq3(recommend, reference, method, partition):
             ]
 
 
-def test_decode_traverse_and_random_start(decoder, reference):
-    codes, _ = reference
+def test_decode_traverse_and_random_start(decoder):
     start = decoder.RandomStart(
         decoder_pb2.RandomStartRequest(seed=3, category="Eyewear"), timeout=10
     )
@@ -314,7 +313,8 @@ def test_fuzzed_requests_never_break_the_services(search, recommend, decoder, re
         k = int(rng.choice([-5, 0, 1, 7, 1000, 1001, 2**31 - 1]))
         method, scope = int(rng.integers(-2, 8)), int(rng.integers(-1, 4))
         calls = [
-            lambda: search(
+            (
+                search,
                 retrieval_pb2.SearchRequest(
                     query=q,
                     k=k,
@@ -323,24 +323,23 @@ def test_fuzzed_requests_never_break_the_services(search, recommend, decoder, re
                     nprobe=int(rng.integers(-2, 5)),
                     category=rng.choice(["", "Bags", "??"]),
                 ),
-                timeout=10,
             ),
-            lambda: recommend(
+            (
+                recommend,
                 recommender_pb2.RecommendRequest(
                     query=q, k=k, method=method, partition=int(rng.integers(-1, 4))
                 ),
-                timeout=10,
             ),
-            lambda: decoder.Decode(
+            (
+                decoder.Decode,
                 decoder_pb2.DecodeRequest(
                     codes=[common_pb2.LatentVector(values=values)] * int(rng.integers(0, 3))
                 ),
-                timeout=10,
             ),
         ]
-        for call in calls:
+        for call, request in calls:
             try:
-                call()
+                call(request, timeout=10)
             except grpc.RpcError as exc:
                 assert exc.code() in allowed, (exc.code(), exc.details())
     # and the next ordinary request is served normally

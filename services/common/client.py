@@ -1,0 +1,151 @@
+"""A small client for the four Atelier services, with a deadline on every call (used by the CLI and gateway)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from atelier.v1 import (
+    common_pb2,
+    decoder_pb2,
+    decoder_pb2_grpc,
+    encoder_pb2,
+    encoder_pb2_grpc,
+    recommender_pb2,
+    recommender_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+from services.common.runtime import MAX_MESSAGE_BYTES
+
+METHODS = {
+    "loglik": common_pb2.RANKING_METHOD_LOGLIK,
+    "fixed_eps": common_pb2.RANKING_METHOD_FIXED_EPS,
+    "mu_l2": common_pb2.RANKING_METHOD_MU_L2,
+    "cosine": common_pb2.RANKING_METHOD_COSINE,
+    "cityblock": common_pb2.RANKING_METHOD_CITYBLOCK,
+}
+SCOPES = {
+    "cluster": retrieval_pb2.SEARCH_SCOPE_CLUSTER,
+    "catalogue": retrieval_pb2.SEARCH_SCOPE_CATALOGUE,
+}
+PARTITIONS = {
+    "kmeans": recommender_pb2.PARTITION_KMEANS,
+    "category": recommender_pb2.PARTITION_CATEGORY,
+}
+
+
+@dataclass(frozen=True)
+class Addresses:
+    encoder: str
+    decoder: str
+    retrieval: str
+    recommender: str
+
+    @classmethod
+    def from_env(cls) -> Addresses:
+        return cls(
+            encoder=os.environ.get("ENCODER_ADDR", "127.0.0.1:50051"),
+            decoder=os.environ.get("DECODER_ADDR", "127.0.0.1:50052"),
+            retrieval=os.environ.get("RETRIEVAL_ADDR", "127.0.0.1:50053"),
+            recommender=os.environ.get("RECOMMENDER_ADDR", "127.0.0.1:50054"),
+        )
+
+
+def make_query(
+    item_id: str | None = None, image: bytes | None = None, vector: Sequence[float] | None = None
+) -> common_pb2.Query:
+    given = [v is not None for v in (item_id, image, vector)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of an item id, an image or a code")
+    if item_id is not None:
+        return common_pb2.Query(item_id=item_id)
+    if image is not None:
+        return common_pb2.Query(image=image)
+    return common_pb2.Query(vector=common_pb2.LatentVector(values=list(vector or [])))
+
+
+class AtelierClient:
+    def __init__(self, addresses: Addresses, timeout: float = 10.0):
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self.timeout = timeout
+        self._channels = {
+            name: grpc.insecure_channel(getattr(addresses, name), options=options)
+            for name in ("encoder", "decoder", "retrieval", "recommender")
+        }
+        self.encoder = encoder_pb2_grpc.EncoderServiceStub(self._channels["encoder"])
+        self.decoder = decoder_pb2_grpc.DecoderServiceStub(self._channels["decoder"])
+        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels["retrieval"])
+        self.recommender = recommender_pb2_grpc.RecommenderServiceStub(
+            self._channels["recommender"]
+        )
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def search(
+        self,
+        query: common_pb2.Query,
+        method: str = "fixed_eps",
+        scope: str = "cluster",
+        k: int = 10,
+        category: str = "",
+        nprobe: int = 0,
+    ) -> retrieval_pb2.SearchResponse:
+        request = retrieval_pb2.SearchRequest(
+            query=query,
+            method=METHODS[method],
+            scope=SCOPES[scope],
+            k=k,
+            category=category,
+            nprobe=nprobe,
+        )
+        return self.retrieval.Search(request, timeout=self.timeout)
+
+    def recommend(
+        self,
+        query: common_pb2.Query,
+        method: str = "fixed_eps",
+        partition: str = "kmeans",
+        k: int = 10,
+    ) -> recommender_pb2.RecommendResponse:
+        request = recommender_pb2.RecommendRequest(
+            query=query, method=METHODS[method], partition=PARTITIONS[partition], k=k
+        )
+        return self.recommender.Recommend(request, timeout=self.timeout)
+
+    def decode(self, vectors: Sequence[Sequence[float]]) -> decoder_pb2.DecodeResponse:
+        request = decoder_pb2.DecodeRequest(
+            codes=[common_pb2.LatentVector(values=list(v)) for v in vectors]
+        )
+        return self.decoder.Decode(request, timeout=self.timeout)
+
+    def random_start(
+        self, category: str = "", seed: int | None = None
+    ) -> decoder_pb2.RandomStartResponse:
+        request = decoder_pb2.RandomStartRequest(category=category)
+        if seed is not None:
+            request.seed = seed
+        return self.decoder.RandomStart(request, timeout=self.timeout)
+
+    def traverse(
+        self, start: Sequence[float], dimension: int, low: float, high: float, steps: int
+    ) -> decoder_pb2.DecodeResponse:
+        request = decoder_pb2.TraverseRequest(
+            start=common_pb2.LatentVector(values=list(start)),
+            dimension=dimension,
+            low=low,
+            high=high,
+            steps=steps,
+        )
+        return self.decoder.Traverse(request, timeout=self.timeout)
+
+    def encode(self, image: bytes) -> encoder_pb2.EncodeResponse:
+        return self.encoder.Encode(encoder_pb2.EncodeRequest(image=image), timeout=self.timeout)
