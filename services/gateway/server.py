@@ -1,0 +1,221 @@
+"""The design studio's HTTP gateway: a static page plus a small JSON API over the gRPC services.
+
+It uses the standard library's ThreadingHTTPServer: the gateway only translates a handful of
+JSON calls to gRPC, so a web framework would add dependencies without removing code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from atelier.store import CodeStore
+from services.common.client import METHODS, Addresses, AtelierClient, make_query
+from services.gateway.config import Settings
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+GRPC_TO_HTTP = {
+    grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
+    grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
+    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+def _item_json(scored) -> dict:
+    item = scored.item
+    return {
+        "item_id": item.item_id,
+        "category": item.category,
+        "article_type": item.article_type,
+        "name": item.name,
+        "score": scored.score,
+        "cluster": scored.cluster,
+        "image_url": f"/api/image/{item.item_id}",
+    }
+
+
+class Gateway:
+    """The API behind the page; every method returns (status, content type, body)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.client = AtelierClient(
+            Addresses(
+                settings.encoder_addr,
+                settings.decoder_addr,
+                settings.retrieval_addr,
+                settings.recommender_addr,
+            ),
+            timeout=settings.timeout,
+        )
+        self.store = CodeStore.from_url(settings.redis_url)
+
+    def start(self, category: str) -> dict:
+        reply = self.client.random_start(category)
+        return {
+            "item": {"item_id": reply.item.item_id, "category": reply.item.category, "name": reply.item.name,
+                     "image_url": f"/api/image/{reply.item.item_id}"},
+            "code": list(reply.code.mu),
+            "lower": list(reply.lower),
+            "upper": list(reply.upper),
+            "model_version": reply.model_version,
+        }  # fmt: skip
+
+    def decode(self, code: list[float]) -> bytes:
+        return self.client.decode([code]).png[0]
+
+    def recommend(self, code: list[float], method: str, k: int) -> dict:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+        reply = self.client.recommend(make_query(vector=code), method, "kmeans", k)
+        return {
+            "cluster": reply.query_partition,
+            "similar": [_item_json(s) for s in reply.similar.items],
+            "pairings": [
+                {"cluster": p.partition, "items": [_item_json(s) for s in p.items]}
+                for p in reply.pairings
+            ],
+            "model_version": reply.model_version,
+        }
+
+    def encode(self, image: bytes) -> dict:
+        reply = self.client.encode(image)
+        return {"code": list(reply.code.mu), "model_version": reply.model_version}
+
+    def image(self, item_id: str) -> bytes | None:
+        version = self.store.served_version()
+        record = self.store.item(version, item_id) if version is not None else None
+        if record is None:
+            return None
+        reference = record.metadata.get("image_ref", "")
+        # Only files the catalogue itself names are ever read.
+        path = Path(reference)
+        return path.read_bytes() if reference and path.is_file() else None
+
+    def healthy(self) -> bool:
+        for address in (
+            self.settings.decoder_addr,
+            self.settings.retrieval_addr,
+            self.settings.recommender_addr,
+        ):
+            try:
+                with grpc.insecure_channel(address) as channel:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=2
+                    )
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+            except grpc.RpcError:
+                return False
+        return True
+
+
+def make_handler(gateway: Gateway):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format, *args):
+            log.debug("%s " + format, self.address_string(), *args)
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, payload) -> None:
+            self._send(status, "application/json", json.dumps(payload).encode())
+
+        def _body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > gateway.settings.max_upload_bytes:
+                raise ValueError(f"request body over {gateway.settings.max_upload_bytes} bytes")
+            return self.rfile.read(length)
+
+        def _guard(self, action) -> None:
+            try:
+                action()
+            except grpc.RpcError as exc:
+                self._json(
+                    GRPC_TO_HTTP.get(exc.code(), HTTPStatus.BAD_GATEWAY),
+                    {"error": exc.details(), "code": exc.code().name},
+                )
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+
+        def do_GET(self):
+            path, _, query = self.path.partition("?")
+            params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+            if path in ("/", "/index.html"):
+                self._send(
+                    HTTPStatus.OK, "text/html; charset=utf-8", (STATIC / "index.html").read_bytes()
+                )
+            elif path == "/healthz":
+                ok = gateway.healthy()
+                self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, {"serving": ok})
+            elif path == "/api/start":
+                self._guard(
+                    lambda: self._json(HTTPStatus.OK, gateway.start(params.get("category", "")))
+                )
+            elif path.startswith("/api/image/"):
+                data = gateway.image(path.rsplit("/", 1)[1])
+                if data is None:
+                    self._json(HTTPStatus.NOT_FOUND, {"error": "no such item image"})
+                else:
+                    self._send(HTTPStatus.OK, "image/jpeg", data)
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
+
+        def do_POST(self):
+            path = self.path.partition("?")[0]
+
+            def handle():
+                body = self._body()
+                if path == "/api/encode":
+                    self._json(HTTPStatus.OK, gateway.encode(body))
+                    return
+                request = json.loads(body or b"{}")
+                code = [float(v) for v in request.get("code", [])]
+                if path == "/api/decode":
+                    self._send(HTTPStatus.OK, "image/png", gateway.decode(code))
+                elif path == "/api/recommend":
+                    k = int(request.get("k", 8))
+                    self._json(
+                        HTTPStatus.OK,
+                        gateway.recommend(code, request.get("method", "fixed_eps"), k),
+                    )
+                else:
+                    self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
+
+            self._guard(handle)
+
+    return Handler
+
+
+@contextmanager
+def run_server(settings: Settings) -> Iterator[ThreadingHTTPServer]:
+    gateway = Gateway(settings)
+    server = ThreadingHTTPServer((settings.host, settings.port), make_handler(gateway))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="gateway", daemon=True)
+    thread.start()
+    log.info("design studio on http://%s:%d/", settings.host, server.server_address[1])
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        gateway.client.close()

@@ -1,0 +1,190 @@
+"""The design studio end to end in headless Chromium: sliders, live image, lists, upload, round-trip time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from atelier.store import CodeStore
+from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from services.common.launcher import local_suite, start_process
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, models_dir, tiny_csv):
+    work = tmp_path_factory.mktemp("studio")
+    with local_suite(work, models_dir, workers=1) as suite:
+        with grpc.insecure_channel(suite.env["ENCODER_ADDR"]) as channel:
+            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+            job = stub.SubmitCatalogue(
+                encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)), timeout=60
+            )
+            while (
+                stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5).state
+                != common_pb2.JOB_STATE_SUCCEEDED
+            ):
+                time.sleep(0.2)
+        CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)
+        for name in ("decoder", "retrieval", "recommender"):
+            suite.start_service(name)
+        suite.add(
+            start_process(
+                "gateway", [sys.executable, "-m", "services.gateway"], suite.env, suite.log_dir
+            )
+        )
+        from services.demo import wait_http
+
+        url = f"http://127.0.0.1:{suite.env['GATEWAY_PORT']}/"
+        wait_http(url + "healthz")
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(studio):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install Debian's chromium package (make test does in CI)"
+        )
+    args = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(studio)
+        page.wait_for_function("Number(document.body.dataset.lists || 0) >= 1", timeout=30_000)
+        yield page
+        browser.close()
+
+
+def _state(page) -> dict:
+    return page.evaluate(
+        """() => ({
+            decodes: Number(document.getElementById('design').dataset.decodes || 0),
+            lists: Number(document.body.dataset.lists || 0),
+            similar: [...document.querySelectorAll('#similar .card')].map(c => c.dataset.itemId),
+            pairings: [...document.querySelectorAll('#pairings .pairing')].map(r => [...r.children].map(c => c.dataset.itemId)),
+            error: document.getElementById('error').textContent,
+        })"""
+    )
+
+
+def _move(page, dim: int, fraction: float) -> None:
+    page.evaluate(
+        """([dim, fraction]) => {
+            const slider = document.getElementById('slider-' + dim);
+            const lo = Number(slider.min), hi = Number(slider.max);
+            slider.value = lo + fraction * (hi - lo);
+            slider.dispatchEvent(new Event('input', { bubbles: true }));
+        }""",
+        [dim, fraction],
+    )
+
+
+def _pixels(page) -> str:
+    """What the design image shows, read back through a canvas."""
+    return page.evaluate(
+        """() => {
+            const image = document.getElementById('design');
+            const canvas = document.createElement('canvas');
+            canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
+            canvas.getContext('2d').drawImage(image, 0, 0);
+            return canvas.toDataURL();
+        }"""
+    )
+
+
+def _settle(page, lists_before: int) -> None:
+    page.wait_for_function(
+        f"Number(document.body.dataset.lists || 0) > {lists_before}", timeout=30_000
+    )
+    page.wait_for_timeout(100)
+    page.wait_for_function("!document.getElementById('error').textContent", timeout=10_000)
+
+
+def test_slider_changes_image_and_both_lists(page):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "studio-start.png"), full_page=True)
+    before = _state(page)
+    design_before = page.evaluate("() => document.getElementById('design').src")
+    assert before["similar"] and before["pairings"] and not before["error"]
+    _move(page, 0, 0.0)  # the family axes move the design furthest
+    _settle(page, before["lists"])
+    pixels_before = _pixels(page)
+    _move(page, 0, 1.0)
+    _settle(page, _state(page)["lists"])
+    pixels_after = _pixels(page)
+    after = _state(page)
+    assert pixels_after != pixels_before
+    assert page.evaluate("() => document.getElementById('design').src") != design_before
+    assert after["similar"] != before["similar"]
+    assert after["pairings"] != before["pairings"]
+    page.screenshot(path=str(ARTIFACTS / "studio-after-slider.png"), full_page=True)
+
+
+def test_upload_a_photo(page, tiny_images):
+    before = _state(page)
+    photo = tiny_images / "1164.jpg"
+    page.set_input_files("#upload", str(photo))
+    page.wait_for_function(
+        "document.getElementById('status').textContent.includes('uploaded photo')", timeout=30_000
+    )
+    _settle(page, before["lists"])
+    after = _state(page)
+    assert not after["error"]
+    assert after["similar"] and after["similar"] != before["similar"]
+    page.screenshot(path=str(ARTIFACTS / "studio-after-upload.png"), full_page=True)
+
+
+def test_slider_to_image_round_trip(page):
+    """Time from a slider move to the new image on screen, over 60 moves."""
+    samples = []
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        lists = _state(page)["lists"]
+        dim, fraction = int(rng.integers(0, 16)), float(rng.uniform(0.05, 0.95))
+        elapsed = page.evaluate(
+            """([dim, fraction]) => new Promise((resolve) => {
+                const image = document.getElementById('design');
+                const slider = document.getElementById('slider-' + dim);
+                const started = performance.now();
+                image.addEventListener('load', () => resolve(performance.now() - started), { once: true });
+                slider.value = Number(slider.min) + fraction * (Number(slider.max) - Number(slider.min));
+                slider.dispatchEvent(new Event('input', { bubbles: true }));
+            })""",
+            [dim, fraction],
+        )
+        samples.append(elapsed)
+        _settle(page, lists)
+    figures = {
+        "moves": len(samples),
+        "p50_ms": round(float(np.percentile(samples, 50)), 2),
+        "p99_ms": round(float(np.percentile(samples, 99)), 2),
+        "goal_p99_ms": 100,
+        "notes": "Headless Chromium: slider input event -> POST /api/decode -> DecoderService -> model server -> "
+        "PNG -> <img> load event, on the 300-item fixture catalogue, one move at a time.",
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "studio_roundtrip.json").write_text(json.dumps(figures, indent=1))
+    if os.environ.get("ATELIER_WRITE_BENCHMARKS") == "1":
+        from bench import report
+
+        report.update(
+            "studio_roundtrip",
+            figures,
+            "ATELIER_WRITE_BENCHMARKS=1 pytest tests/integration/test_studio_browser.py",
+        )
+    assert len(samples) == 60 and all(s > 0 for s in samples)
