@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED ?= ../shared/data/fashion-product-small
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint format protos results train-default train-baselines evaluate bench clean
+.PHONY: venv demo test lint format protos results train-default train-baselines evaluate reproduce bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/atelier demo
+	$(BIN)/python -m services.demo $(DEMO_ARGS)
 
 test: lint
+	@if command -v docker-compose >/dev/null; then docker-compose config -q && echo "docker-compose.yml: valid"; \
+	else echo "docker-compose not installed: skipping 'docker-compose config' (CI installs it)"; fi
 	$(BIN)/pytest
 
 lint: venv
@@ -47,10 +49,15 @@ evaluate: venv
 	$(BIN)/atelier evaluate --catalogue $(SHARED)/styles.csv --models models \
 		--ae-run runs/ae --plain-vae-run runs/vae-plain --docs docs
 
-results: train-default train-baselines evaluate
+reproduce: venv
+	$(BIN)/python -m bench.reproduce_map
+
+results: train-default train-baselines evaluate reproduce
 
 bench: venv
 	$(BIN)/python -m bench.encode_queue --catalogue $(SHARED)/styles.csv
+	$(BIN)/python -m bench.query_services --catalogue $(SHARED)/styles.csv
+	ATELIER_WRITE_BENCHMARKS=1 $(BIN)/pytest -q tests/integration/test_studio_browser.py
 
 clean:
 	rm -rf runs demo-output .pytest_cache .ruff_cache

@@ -301,6 +301,8 @@ def run_evaluation(dataset: PreparedDataset, inputs: EvaluationInputs) -> dict:
         "queries": {
             f: int((families[query_index] == f).sum()) for f in sorted(set(families.tolist()))
         },
+        "queries_per_family": inputs.queries_per_family,
+        "seed": inputs.seed,
         "reconstruction": reconstruction,
         "clustering": clustering,
         "retrieval": retrieval,
@@ -346,6 +348,7 @@ def render_markdown(results: dict) -> str:
         f"articleType head weight {config['article_weight']}; trained {training.get('epochs', '?')} epochs.",
         f"- Queries: {results['queries']} test items, searched against all {data['after_dedup']} items minus the query.",
         "",
+        *targets_section(results),
         "## Reconstruction (test split, per-pixel MSE on [0, 1], mean per-image PSNR)",
         "",
         _row(["model", "MSE", "PSNR (dB)"]),
@@ -439,5 +442,76 @@ def render_markdown(results: dict) -> str:
         "",
         "![traversal](figures/traversal.png)",
         "",
+        *service_section(results),
     ]
     return "\n".join(lines)
+
+
+def targets_section(results: dict) -> list[str]:
+    """The issue's targets, each checked against the figures of this run."""
+    clustering = results["clustering"]
+    worst_f1 = min(min(s["f1"] for s in clustering[key].values()) for key in ("mu", "fixed_eps"))
+    beats_paper = all(
+        clustering[key][name]["f1"] >= PAPER_CLUSTER_F1[name]
+        for key in ("mu", "fixed_eps")
+        for name in PAPER_CLUSTER_F1
+    )
+    map10 = results["retrieval"]["family"]["cluster"]["fixed_eps"]["10"]
+    seconds = results["model"].get("training", {}).get("train_seconds")
+    article = results["retrieval"]["article_type"]["full"]
+    best_method = max(article, key=lambda m: article[m]["10"])
+    rows = [
+        ("k-means F1 per class ≥ the paper's (0.81 / 0.98 / 0.70)", "met" if beats_paper else "missed",
+         " / ".join(f"{n} {clustering['fixed_eps'][n]['f1']:.3f}" for n in ("Bags", "Footwear", "Eyewear"))),
+        ("k-means F1 ≥ 0.95 on every class (μ and fixed-ε)", "met" if worst_f1 >= 0.95 else "missed", f"lowest {worst_f1:.3f}"),
+        ("same-cluster fixed-ε mAP@10 (family) ≥ 0.95 (paper 0.953)", "met" if map10 >= 0.95 else "missed", f"{map10:.3f}"),
+        ("training under 60 minutes on the 2-core CPU", "met" if seconds and seconds < 3600 else "not measured" if not seconds else "missed",
+         f"{seconds / 60:.1f} min" if seconds else "?"),
+        ("articleType mAP@10, whole catalogue (no target; calibration best 0.694)", "reported", f"{best_method} {article[best_method]['10']:.3f}"),
+    ]  # fmt: skip
+    lines = ["## Targets", "", "| target | status | figure |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {status} | {figure} |" for name, status, figure in rows]
+    lines += [
+        "",
+        "Why the clusters are clean: plain k-means on a plain VAE splits Footwear (69% of the items) instead of "
+        "isolating Eyewear (8%) — see the baseline rows below, and the same effect in the reference calibration. "
+        "The default model therefore takes the KL term against a per-family prior N(scale·e_family, I) and adds a "
+        "linear articleType head on μ, so the families sit on their own axes and k=3 finds them. The plain VAE "
+        "(`--no-guided`, the paper's objective) is evaluated alongside as `plain_vae`. The training time is the "
+        "wall-clock sum of the epochs as logged by the training loop; the run shared the 2 cores with the AE "
+        "baseline's training for most of its epochs, so it is an upper bound.",
+        "",
+    ]
+    return lines
+
+
+def service_section(results: dict) -> list[str]:
+    """The mAP table as reproduced through the running services (written by bench.reproduce_map)."""
+    reproduction = results.get("service_reproduction")
+    if not reproduction:
+        return []
+    grid = reproduction["retrieval"]
+    lines = [
+        "## The same table through the running services",
+        "",
+        f"`{reproduction['command']}` encoded the catalogue through the queue ({reproduction['path']}) and sent all "
+        f"{reproduction['queries']} queries for every method and scope over gRPC (k=500). Largest difference from the "
+        f"tables above: **{reproduction['max_abs_difference']:.1e}**"
+        + (
+            " — the same numbers to 3 decimals." if reproduction["identical_to_3_decimals"] else "."
+        ),
+        "",
+        "| relevance | scope | method | @10 | @25 | @50 | @500 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for relevance in RELEVANCE:
+        for scope in SCOPES:
+            for method in METHODS:
+                m = grid[relevance][scope][method]
+                lines.append(
+                    f"| {relevance} | {scope} | {method} | "
+                    + " | ".join(f"{m[k]:.3f}" for k in ("10", "25", "50", "500"))
+                    + " |"
+                )
+    lines.append("")
+    return lines

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from atelier.catalogue import prepare_dataset
-from atelier.evaluation import KS, METHODS, SCOPES, sample_queries
+from atelier.evaluation import KS, METHODS, SCOPES, render_markdown, sample_queries
 from atelier.metrics import mean_average_precision
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2
@@ -30,7 +30,6 @@ from services.common.client import Addresses, AtelierClient, make_query
 from services.common.launcher import local_suite
 
 log = logging.getLogger("bench.reproduce_map")
-MARK = "<!-- service-reproduction -->"
 
 
 def main() -> int:
@@ -151,34 +150,7 @@ def main() -> int:
     }
     results["service_reproduction"] = reproduction
     args.results.write_text(json.dumps(results, indent=1))
-    markdown_path = args.results.with_suffix(".md")
-    markdown = markdown_path.read_text().split(MARK)[0].rstrip()
-    lines = [
-        "",
-        "",
-        MARK,
-        "## The same table through the running services",
-        "",
-        f"`{reproduction['command']}` encoded the catalogue through the queue ({reproduction['path']}) and sent "
-        f"all {len(queries)} queries for every method and scope over gRPC (k=500). Largest difference from the "
-        f"tables above: **{reproduction['max_abs_difference']:.2e}**"
-        + (
-            " (the same numbers to 3 decimals)." if reproduction["identical_to_3_decimals"] else "."
-        ),
-        "",
-        "| relevance | scope | method | @10 | @25 | @50 | @500 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for relevance in ("family", "article_type"):
-        for scope in SCOPES:
-            for method in METHODS:
-                m = grid[relevance][scope][method]
-                lines.append(
-                    f"| {relevance} | {scope} | {method} | "
-                    + " | ".join(f"{m[k]:.3f}" for k in ("10", "25", "50", "500"))
-                    + " |"
-                )
-    markdown_path.write_text(markdown + "\n".join(lines) + "\n")
+    args.results.with_suffix(".md").write_text(render_markdown(results))
     print(json.dumps({k: v for k, v in reproduction.items() if k != "retrieval"}, indent=1))
     return 0
 

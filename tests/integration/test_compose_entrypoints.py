@@ -1,0 +1,153 @@
+"""Start the services the way docker-compose does: each image target's CMD with compose's environment.
+
+There is no Docker engine here, so this reads docker-compose.yml and deploy/Dockerfile, swaps
+container host names for loopback ports, and runs the very commands the images would run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from atelier.processes import free_port, start_redis
+from atelier.store import CodeStore
+from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from services.common.launcher import ManagedProcess, start_process, wait_serving
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("modelserver", "encoder", "worker", "decoder", "retrieval", "recommender", "gateway")
+GRPC_PORTS = {
+    "modelserver": 8500,
+    "encoder": 50051,
+    "decoder": 50052,
+    "retrieval": 50053,
+    "recommender": 50054,
+}
+
+
+def _substitute(text: str) -> str:
+    return re.sub(
+        r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: os.environ.get(m.group(1), m.group(2) or ""), text
+    )
+
+
+def _compose() -> dict:
+    return yaml.safe_load(_substitute((ROOT / "docker-compose.yml").read_text()))["services"]
+
+
+def _dockerfile_targets() -> dict[str, dict]:
+    targets: dict[str, dict] = {}
+    current = None
+    for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines():
+        if match := re.match(r"FROM \S+ AS (\w+)", line):
+            current = targets.setdefault(match.group(1), {"env": {}, "cmd": None})
+        elif current is not None and line.startswith("ENV "):
+            current["env"].update(dict(pair.split("=", 1) for pair in line[4:].split()))
+        elif current is not None and line.startswith("CMD "):
+            current["cmd"] = json.loads(line[4:])
+    return targets
+
+
+def test_compose_file_is_valid_for_docker_compose():
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose is not installed (CI installs Debian's docker-compose)")
+    subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, check=True, timeout=60)
+
+
+def test_every_compose_variable_is_read_by_its_service():
+    compose = _compose()
+    for name in ("encoder", "decoder", "retrieval", "recommender", "gateway"):
+        source = (ROOT / "services" / name / "config.py").read_text()
+        for variable in compose[name]["environment"]:
+            assert f'"{variable}"' in source or variable in ("LOG_LEVEL",), (
+                f"{name} never reads {variable}"
+            )
+    assert set(SERVICES) <= set(compose)
+    for name in ("encoder", "decoder", "retrieval", "recommender", "gateway"):
+        assert all(
+            dep["condition"] == "service_healthy" for dep in compose[name]["depends_on"].values()
+        )
+
+
+def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv):
+    compose, targets = _compose(), _dockerfile_targets()
+    redis_server = start_redis(tmp_path / "redis")
+    ports = {name: free_port() for name in (*GRPC_PORTS, "gateway")}
+    hosts = {
+        "redis:6379": f"127.0.0.1:{redis_server.port}",
+        **{f"{n}:{p}": f"127.0.0.1:{ports[n]}" for n, p in GRPC_PORTS.items()},
+    }
+    started: list[ManagedProcess] = []
+
+    def launch(name: str) -> ManagedProcess:
+        target = compose[name]["build"]["target"]
+        env = {
+            **targets[target]["env"],
+            **{k: str(v) for k, v in (compose[name].get("environment") or {}).items()},
+        }
+        for key, value in list(env.items()):
+            for container, local in hosts.items():
+                value = value.replace(container, local)
+            if key.endswith("_HOST"):
+                value = "127.0.0.1"  # tests bind loopback only
+            env[key] = value
+        for key in env:
+            if key.endswith("_PORT") and name in ports:
+                env[key] = str(ports[name])
+        env["MODELS_DIR"] = str(models_dir)
+        argv = list(targets[target]["cmd"])
+        argv = [sys.executable, *argv[1:]] if argv[0] == "python" else [sys.executable, "-m", *argv]
+        if argv[2] == "celery":
+            argv += ["--hostname", f"compose-{free_port()}@%h"]
+        managed = start_process(
+            name, argv, env, tmp_path / "logs", f"127.0.0.1:{ports.get(name, 0)}"
+        )
+        started.append(managed)
+        return managed
+
+    try:
+        for name in ("modelserver", "encoder"):
+            wait_serving(launch(name))
+        launch("worker")
+        with grpc.insecure_channel(f"127.0.0.1:{ports['encoder']}") as channel:
+            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+            job = stub.SubmitCatalogue(
+                encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)), timeout=60
+            )
+            deadline = time.monotonic() + 180
+            while (
+                stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5).state
+                != common_pb2.JOB_STATE_SUCCEEDED
+            ):
+                assert time.monotonic() < deadline, (
+                    "the compose-style worker did not finish the job"
+                )
+                time.sleep(0.2)
+        CodeStore.from_url(redis_server.url).serve(job.model_version)
+        for name in ("decoder", "retrieval", "recommender"):
+            wait_serving(launch(name))
+        gateway = launch("gateway")
+        from services.demo import wait_http
+
+        wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz")
+        assert gateway.process.poll() is None
+        with grpc.insecure_channel(f"127.0.0.1:{ports['retrieval']}") as channel:
+            reply = retrieval_pb2_grpc.RetrievalServiceStub(channel).Search(
+                retrieval_pb2.SearchRequest(query=common_pb2.Query(item_id="1164"), k=3), timeout=10
+            )
+        assert len(reply.results) == 3
+    finally:
+        for managed in reversed(started):
+            managed.stop()
+        redis_server.stop()
