@@ -160,10 +160,12 @@ Atelier is up, answering from model version {version} ({store.item_count(version
 
 Try, in another terminal:
   export ENCODER_ADDR={suite.env["ENCODER_ADDR"]} DECODER_ADDR={suite.env["DECODER_ADDR"]} \\
-         RETRIEVAL_ADDR={suite.env["RETRIEVAL_ADDR"]} RECOMMENDER_ADDR={suite.env["RECOMMENDER_ADDR"]}
+         RETRIEVAL_ADDR={suite.env["RETRIEVAL_ADDR"]} RECOMMENDER_ADDR={suite.env["RECOMMENDER_ADDR"]} \\
+         REDIS_URL={suite.env["REDIS_URL"]}
   .venv/bin/atelier similar --item {example.item_id if example else "ID"} --method loglik
   .venv/bin/atelier recommend --image {example.metadata.get("image_ref") if example else "photo.jpg"}
   .venv/bin/atelier decode --category Footwear -o shoe.png
+  .venv/bin/atelier generations list
   grpcurl -plaintext {suite.env["RETRIEVAL_ADDR"]} list
 
 Ctrl-C stops everything.""",
