@@ -1,12 +1,15 @@
-"""The `atelier` command line: train, export, evaluate and demo the model."""
+"""The model half of the `atelier` command line: train, export, evaluate, demo (no gRPC here).
+
+The service commands (encode, generations, similar, recommend, decode) are added by services/cli.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("atelier")
@@ -155,197 +158,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_encode(args: argparse.Namespace) -> int:
-    """Submit a catalogue to the EncoderService and follow the job with a progress bar."""
-    import time
-
-    import grpc
-    from tqdm import tqdm
-
-    from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
-
-    with grpc.insecure_channel(args.encoder) as channel:
-        stub = encoder_pb2_grpc.EncoderServiceStub(channel)
-        request = encoder_pb2.SubmitCatalogueRequest(
-            csv_path=str(args.catalogue.resolve()),
-            image_dir=str(args.images.resolve()) if args.images else "",
-            model_version=args.version,
-        )
-        try:
-            job = stub.SubmitCatalogue(request, timeout=120)
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 2
-        print(f"job {job.job_id}: {job.total} items under model version {job.model_version}")
-        with tqdm(total=job.total, unit="item", desc="encoding") as bar:
-            while job.state not in (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_CANCELLED):
-                time.sleep(0.5)
-                job = stub.GetJob(
-                    encoder_pb2.GetJobRequest(job_id=job.job_id, max_failures=50), timeout=10
-                )
-                bar.update(job.done + job.failed - bar.n)
-                bar.set_postfix(
-                    failed=job.failed,
-                    rate=f"{job.items_per_second:.0f}/s",
-                    eta=f"{job.eta_seconds:.0f}s",
-                )
-    for failure in job.failures:
-        print(f"failed {failure.item_id}: {failure.reason}")
-    print(f"{common_pb2.JobState.Name(job.state)}: {job.done} encoded, {job.failed} failed")
-    if args.serve and job.state == common_pb2.JOB_STATE_SUCCEEDED:
-        from atelier.store import CodeStore
-
-        CodeStore.from_url(args.redis).serve(job.model_version)
-        print(f"now serving model version {job.model_version}")
-    return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
-
-
-def cmd_generations(args: argparse.Namespace) -> int:
-    from atelier.store import CodeStore
-
-    store = CodeStore.from_url(args.redis)
-    if args.action == "list":
-        served = store.served_version()
-        for version in store.model_versions():
-            marker = " (served)" if version == served else ""
-            print(f"version {version}: {store.item_count(version)} items{marker}")
-    elif args.action == "serve":
-        store.serve(args.version)
-        print(f"now serving model version {args.version}")
-    elif args.action == "remove":
-        print(f"removed {store.remove_generation(args.version)} keys of version {args.version}")
-    return 0
-
-
-def _client(args: argparse.Namespace):
-    from services.common.client import Addresses, AtelierClient
-
-    env = Addresses.from_env()
-    return AtelierClient(
-        Addresses(
-            encoder=args.encoder or env.encoder,
-            decoder=args.decoder or env.decoder,
-            retrieval=args.retrieval or env.retrieval,
-            recommender=args.recommender or env.recommender,
-        ),
-        timeout=args.timeout,
+def build_parser(
+    add_more: Callable[[argparse._SubParsersAction], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The model commands; `add_more` lets services/cli.py add the service clients."""
+    parser = argparse.ArgumentParser(
+        prog="atelier",
+        description="Atelier: design, find and pair products in a VAE's latent space.",
     )
-
-
-def _query(args: argparse.Namespace):
-    from services.common.client import make_query
-
-    image = args.image.read_bytes() if args.image else None
-    vector = [float(v) for v in args.code.split(",")] if args.code else None
-    return make_query(item_id=args.item, image=image, vector=vector)
-
-
-def _print_items(title: str, items) -> None:
-    print(title)
-    for rank, result in enumerate(items, 1):
-        item = result.item
-        print(
-            f"  {rank:>3}. {item.item_id:>8}  {result.score:>10.4f}  cluster {result.cluster}  "
-            f"{item.category}/{item.article_type}  {item.name}"
-        )
-
-
-def _run_client(action) -> int:
-    import grpc
-
-    try:
-        return action()
-    except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-def cmd_similar(args: argparse.Namespace) -> int:
-    def action() -> int:
-        reply = _client(args).search(
-            _query(args), args.method, args.scope, args.k, args.category or "", args.nprobe
-        )
-        _print_items(
-            f"{len(reply.results)} items like it (query cluster {reply.query_cluster}, "
-            f"model version {reply.model_version}, {args.method}):",
-            reply.results,
-        )
-        return 0
-
-    return _run_client(action)
-
-
-def cmd_recommend(args: argparse.Namespace) -> int:
-    def action() -> int:
-        reply = _client(args).recommend(_query(args), args.method, args.partition, args.k)
-        _print_items(f"similar, in {reply.similar.partition}:", reply.similar.items)
-        for pairing in reply.pairings:
-            _print_items(
-                f"pairs from {pairing.partition} (z + centre_j − centre_i):", pairing.items
-            )
-        return 0
-
-    return _run_client(action)
-
-
-def cmd_decode(args: argparse.Namespace) -> int:
-    def action() -> int:
-        client = _client(args)
-        if args.code:
-            vector = [float(v) for v in args.code.split(",")]
-        else:
-            start = client.random_start(args.category or "", args.seed)
-            vector = list(start.code.mu)
-            print(
-                f"starting from item {start.item.item_id} ({start.item.category}/{start.item.article_type})"
-            )
-            print("code: " + ",".join(f"{v:.4f}" for v in vector))
-        if args.dimension is None:
-            reply = client.decode([vector])
-            args.output.write_bytes(reply.png[0])
-        else:
-            import io
-
-            from PIL import Image
-
-            reply = client.traverse(vector, args.dimension, args.low, args.high, args.steps)
-            frames = [Image.open(io.BytesIO(png)) for png in reply.png]
-            strip = Image.new("RGB", (sum(f.width for f in frames), frames[0].height), "white")
-            for index, frame in enumerate(frames):
-                strip.paste(frame, (index * frames[0].width, 0))
-            strip.save(args.output)
-        print(
-            f"wrote {args.output} ({reply.width}x{reply.height} per image, model version {reply.model_version})"
-        )
-        return 0
-
-    return _run_client(action)
-
-
-def _add_client_arguments(parser: argparse.ArgumentParser, query: bool = True) -> None:
-    for name in ("encoder", "decoder", "retrieval", "recommender"):
-        parser.add_argument(
-            f"--{name}", default=None, help=f"{name} address (default ${name.upper()}_ADDR)"
-        )
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
-    if query:
-        source = parser.add_mutually_exclusive_group(required=True)
-        source.add_argument("--item", help="catalogue item id")
-        source.add_argument("--image", type=Path, help="a product photo")
-        source.add_argument("--code", help="a latent vector, comma-separated")
-        parser.add_argument(
-            "--method",
-            default="fixed_eps",
-            choices=("fixed_eps", "loglik", "mu_l2", "cosine", "cityblock"),
-        )
-        parser.add_argument("-k", type=int, default=10)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -365,8 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="family prior means and an articleType head (default on; --no-guided for the paper's plain VAE)",
     )
-    train.add_argument("--prior-scale", type=float, default=4.0)
-    train.add_argument("--article-weight", type=float, default=10.0)
+    train.add_argument(
+        "--prior-scale", type=float, default=10.0, help="family prior mean's distance from 0"
+    )
+    train.add_argument(
+        "--article-weight", type=float, default=30.0, help="weight of the articleType loss"
+    )
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--learning-rate", type=float, default=1e-3)
@@ -404,69 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("demo-output"))
     demo.set_defaults(handler=cmd_demo)
 
-    encode = commands.add_parser(
-        "encode", help="encode a catalogue through the queue (EncoderService)"
-    )
-    encode.add_argument("--catalogue", type=Path, required=True)
-    encode.add_argument("--images", type=Path, default=None)
-    encode.add_argument(
-        "--version", type=int, default=0, help="model version (default: the served one)"
-    )
-    encode.add_argument("--encoder", default=os.environ.get("ENCODER_ADDR", "127.0.0.1:50051"))
-    encode.add_argument(
-        "--serve", action="store_true", help="serve this generation once it is complete"
-    )
-    encode.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    encode.set_defaults(handler=cmd_encode)
-
-    generations = commands.add_parser(
-        "generations", help="list, serve or remove generations of codes"
-    )
-    generations.add_argument("action", choices=("list", "serve", "remove"))
-    generations.add_argument("version", type=int, nargs="?", default=0)
-    generations.add_argument(
-        "--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    generations.set_defaults(handler=cmd_generations)
-
-    similar = commands.add_parser(
-        "similar", help="catalogue items most like an item, a photo or a code"
-    )
-    _add_client_arguments(similar)
-    similar.add_argument("--scope", default="cluster", choices=("cluster", "catalogue"))
-    similar.add_argument("--category", default=None, help="only items of this category")
-    similar.add_argument("--nprobe", type=int, default=1, help="clusters to search (cluster scope)")
-    similar.set_defaults(handler=cmd_similar)
-
-    recommend = commands.add_parser(
-        "recommend", help="similar items plus pairings from the other clusters"
-    )
-    _add_client_arguments(recommend)
-    recommend.add_argument("--partition", default="kmeans", choices=("kmeans", "category"))
-    recommend.set_defaults(handler=cmd_recommend)
-
-    decode = commands.add_parser(
-        "decode", help="decode a code (or a random catalogue item's) to a PNG"
-    )
-    _add_client_arguments(decode, query=False)
-    decode.add_argument(
-        "--code", default=None, help="latent vector, comma-separated (default: RandomStart)"
-    )
-    decode.add_argument("--category", default=None, help="RandomStart from this category")
-    decode.add_argument("--seed", type=int, default=None)
-    decode.add_argument(
-        "--dimension", type=int, default=None, help="traverse this dimension instead"
-    )
-    decode.add_argument("--low", type=float, default=-3.0)
-    decode.add_argument("--high", type=float, default=3.0)
-    decode.add_argument("--steps", type=int, default=9)
-    decode.add_argument("-o", "--output", type=Path, default=Path("decoded.png"))
-    decode.set_defaults(handler=cmd_decode)
+    if add_more:
+        add_more(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

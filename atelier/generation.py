@@ -47,6 +47,10 @@ def build(
     matrix = store.load_codes(version)
     if not matrix.item_ids:
         raise LookupError(f"generation {version} holds no codes")
+    if searchable and len(matrix.item_ids) < k:
+        raise LookupError(
+            f"generation {version} holds {len(matrix.item_ids)} codes, fewer than k={k} clusters"
+        )
     categories = np.array([m.get("category", "") for m in matrix.metadata])
     codes = CodeSet(matrix.item_ids, matrix.mu, matrix.sigma, matrix.z, categories)
     partitions: dict[str, Partition] = {}

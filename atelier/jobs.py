@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atelier.catalogue import ImageError, decode_image, read_catalogue_csv
+from atelier.catalogue import ImageError, decode_image, load_image_file, read_catalogue_csv
 from atelier.store import CodeStore, ItemRecord
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,7 @@ def _load(entry: dict[bytes, bytes], size: tuple[int, int]) -> np.ndarray:
     reference = entry.get(b"image_ref", b"").decode()
     if not reference:
         raise ImageError("no image and no image_ref")
-    try:
-        data = Path(reference).read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"missing file: {reference}") from None
-    except OSError as exc:
-        raise ImageError(f"unreadable file {reference}: {exc.strerror or exc}") from None
-    return decode_image(data, size)
+    return load_image_file(Path(reference), size)
 
 
 def encode_chunk(
@@ -158,12 +152,12 @@ def encode_chunk(
 
 
 def fail_chunk(store: CodeStore, job_id: str, item_ids: Sequence[str], reason: str) -> None:
-    """Record every not-yet-written item of a chunk as failed (the queue gave up on it)."""
+    """Record every item of a chunk that this job has not written as failed (the queue gave up on it)."""
     definition = store.job_definition(job_id)
     if definition:
-        version = int(definition["model_version"])
-        missing = [i for i in item_ids if store.item(version, i) is None]
-        store.record_progress(job_id, version, [], {i: reason for i in missing})
+        written = store.job_done_ids(job_id, item_ids)
+        failures = {i: reason for i in item_ids if i not in written}
+        store.record_progress(job_id, int(definition["model_version"]), [], failures)
 
 
 def progress(
@@ -203,4 +197,94 @@ def progress(
         created=created,
         finished=updated if state is JobState.SUCCEEDED else 0.0,
         failures=raw["failures"],
+    )
+
+
+class QueueUnavailable(Exception):
+    """The queue refused new work; the job's unqueued items are recorded as failed."""
+
+
+def submit_or_fail(
+    store: CodeStore,
+    version: int,
+    entries: Sequence[dict],
+    enqueue: Callable[[str, list[str]], None],
+    chunk_size: int = DEFAULT_CHUNK,
+) -> str:
+    """Like submit, but a queue failure part-way never leaves a job that cannot finish."""
+    queued: list[str] = []
+    job_id_holder: list[str] = []
+
+    def tracked(job_id: str, item_ids: list[str]) -> None:
+        job_id_holder[:] = [job_id]
+        enqueue(job_id, item_ids)
+        queued.extend(item_ids)
+
+    try:
+        return submit(store, version, entries, tracked, chunk_size)
+    except ValueError:
+        raise
+    except Exception as exc:
+        if job_id_holder:
+            job_id = job_id_holder[0]
+            done = set(queued)
+            reason = f"not queued: {exc}"
+            store.record_progress(
+                job_id,
+                version,
+                [],
+                {str(e["item_id"]): reason for e in entries if str(e["item_id"]) not in done},
+            )
+        raise QueueUnavailable(str(exc)) from exc
+
+
+def normalise_entry(
+    item_id: str,
+    category: str,
+    article_type: str,
+    colour: str,
+    name: str,
+    image_ref: str,
+    image: bytes,
+) -> dict:
+    """One job entry from a request's fields; articleType falls back to the category."""
+    entry: dict = {
+        "item_id": item_id,
+        "category": category,
+        "article_type": article_type or category,
+        "colour": colour,
+        "name": name,
+        "image_ref": image_ref,
+    }
+    if image:
+        entry["image"] = image
+    return entry
+
+
+def ensure_model_registered(
+    store: CodeStore,
+    version: int,
+    image_size: tuple[int, int],
+    latent_dim: int,
+    models_dir: Path,
+    encode: EncodeFn,
+) -> None:
+    """Record a model version (with its fixed ε) in Redis before its first generation is written.
+
+    ε comes from the version's atelier_model.json when the models are on this machine; behind a
+    remote TensorFlow Serving it is recovered from one probe encoding, ε = (z − μ) / σ.
+    """
+    from atelier.modelstore import read_metadata
+    from atelier.store import ModelRecord
+
+    if store.model(version) is not None:
+        return
+    try:
+        metadata = read_metadata(models_dir, version)
+        epsilon, data_hash = metadata.epsilon, metadata.data_hash
+    except FileNotFoundError:
+        codes = encode(np.full((1, *image_size, 3), 0.5, np.float32), version)
+        epsilon, data_hash = ((codes["z"] - codes["mu"]) / codes["sigma"])[0], ""
+    store.register_model(
+        ModelRecord(version, latent_dim, image_size[0], image_size[1], data_hash, epsilon)
     )

@@ -12,10 +12,6 @@ def draw_epsilon(latent_dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(latent_dim).astype(np.float32)
 
 
-def sigma_from_log_var(z_log_var: np.ndarray) -> np.ndarray:
-    return np.exp(0.5 * np.asarray(z_log_var, dtype=np.float64)).astype(np.float32)
-
-
 def fixed_eps_code(mu: np.ndarray, sigma: np.ndarray, epsilon: np.ndarray) -> np.ndarray:
     """z = μ + σ⊙ε with the model version's single ε."""
     return (np.asarray(mu) + np.asarray(sigma) * np.asarray(epsilon)).astype(np.float32)

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,12 +101,3 @@ def stop_pid(process: subprocess.Popen, timeout: float = 10.0) -> None:
         process.wait(timeout=timeout)
     except ProcessLookupError:
         pass
-
-
-@contextmanager
-def running_redis(data_dir: Path, port: int | None = None):
-    server = start_redis(data_dir, port)
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from atelier.clustering import Partition
-from atelier.latent import LOG_2PI, log_likelihood
+from atelier.latent import log_likelihood, loglik_item_vectors, loglik_query_vectors
 
 METHODS = ("loglik", "fixed_eps", "mu_l2", "cosine", "cityblock")
 MAX_K = 1000
@@ -94,11 +94,8 @@ def _method_vectors(
     if method == "loglik":
         mu = codes.mu[rows].astype(np.float64)
         shift = mu.mean(axis=0) if len(rows) else np.zeros(mu.shape[1])
-        centred = mu - shift
-        variance = codes.sigma[rows].astype(np.float64) ** 2
-        constant = -np.sum(centred**2 / (2 * variance) + 0.5 * np.log(variance), axis=1)
-        constant -= 0.5 * mu.shape[1] * LOG_2PI
-        xb = np.hstack([-1.0 / (2 * variance), centred / variance, constant[:, None]])
+        # Eq. 2 is translation invariant; centring keeps float32 from cancelling large terms.
+        xb = loglik_item_vectors(mu - shift, codes.sigma[rows])
         return xb.astype(np.float32), faiss.METRIC_INNER_PRODUCT, shift
     base = codes.space(query_space(method))[rows].astype(np.float32)
     if method == "cosine":
@@ -112,8 +109,7 @@ def _method_vectors(
 def _query_vector(method: str, query: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
     q = np.asarray(query, dtype=np.float64)
     if method == "loglik":
-        centred = q - shift
-        return np.concatenate([centred**2, centred, [1.0]])[None].astype(np.float32)
+        return loglik_query_vectors(q - shift).astype(np.float32)
     if method == "cosine":
         return (q / max(np.linalg.norm(q), 1e-30))[None].astype(np.float32)
     return q[None].astype(np.float32)
@@ -133,6 +129,7 @@ class SearchIndex:
         self.partitions = partitions
         self.margin = margin
         self._indexes: dict[str, list[_PartitionIndex]] = {}
+        self._categories = set(codes.categories.tolist())
         for method in methods:
             partition = partitions[query_space(method)]
             parts = []
@@ -149,7 +146,11 @@ class SearchIndex:
     def methods(self) -> tuple[str, ...]:
         return tuple(self._indexes)
 
-    def _selector(self, part: _PartitionIndex, category: str) -> tuple[faiss.IDSelectorBatch, int]:
+    def _selector(
+        self, part: _PartitionIndex, category: str
+    ) -> tuple[faiss.IDSelectorBatch | None, int]:
+        if category not in self._categories:
+            return None, 0  # never cache selectors for names the catalogue does not have
         if category not in part.by_category:
             local = np.flatnonzero(self.codes.categories[part.rows] == category).astype(np.int64)
             part.category_rows[category] = local
@@ -183,7 +184,8 @@ class SearchIndex:
             available = part.index.ntotal
             if category is not None:
                 selector, available = self._selector(part, category)
-                params = faiss.SearchParameters(sel=selector)
+                if available:
+                    params = faiss.SearchParameters(sel=selector)
             if available == 0:
                 continue
             _, local = part.index.search(

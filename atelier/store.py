@@ -8,7 +8,7 @@ Keys (prefix `atelier:`):
     gen:{v}:item:{id}             hash   mu, sigma, z (packed little-endian float32) + catalogue metadata
     gen:{v}:index                 hash   derived search state for v (k-means centres, ...), see retrieval
     job:{id}                      hash   job definition and timestamps
-    job:{id}:pending              list   item ids not yet handed to a task (submission order)
+    job:{id}:pending              list   the job's item ids in submission order (what gets queued)
     job:{id}:entry:{item}         hash   what to encode: image_ref or inline image, plus metadata
     job:{id}:done                 set    item ids written (a set, so retries never double count)
     job:{id}:failed               hash   item id -> reason
@@ -129,6 +129,10 @@ class CodeStore:
         """Atomically point the services at a generation and announce it on the pub/sub channel."""
         if self.model(version) is None:
             raise KeyError(f"model version {version} is not registered")
+        if self.item_count(version) == 0:
+            raise ValueError(
+                f"generation {version} holds no codes; encode a catalogue under it first"
+            )
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(f"{PREFIX}served", version)
         pipe.publish(GENERATION_CHANNEL, str(version))
@@ -138,7 +142,7 @@ class CodeStore:
         """Delete every code of a generation (never the served one). Returns the keys removed."""
         if self.served_version() == version:
             raise ValueError(f"version {version} is being served; serve another one first")
-        removed = 0
+        removed = int(self.redis.delete(f"{PREFIX}model:{version}"))
         for batch in _chunks(
             self.redis.scan_iter(match=f"{PREFIX}gen:{version}:*", count=1000), 500
         ):
@@ -266,12 +270,20 @@ class CodeStore:
         key = f"{PREFIX}job:{job_id}"
         self._queue_upserts(pipe, version, records)
         if records:
-            pipe.sadd(f"{key}:done", *[r.item_id for r in records])
+            written = [r.item_id for r in records]
+            pipe.sadd(f"{key}:done", *written)
+            pipe.hdel(f"{key}:failed", *written)  # a redelivered chunk succeeded after all
         if failures:
             pipe.hset(f"{key}:failed", mapping=failures)
         pipe.hsetnx(key, "started", repr(time.time()))
         pipe.hset(key, "updated", repr(time.time()))
         pipe.execute()
+
+    def job_done_ids(self, job_id: str, item_ids: Sequence[str]) -> set[str]:
+        if not item_ids:
+            return set()
+        flags = self.redis.smismember(f"{PREFIX}job:{job_id}:done", list(item_ids))
+        return {item_id for item_id, flag in zip(item_ids, flags, strict=True) if flag}
 
     def cancel_job(self, job_id: str) -> None:
         self.redis.hset(f"{PREFIX}job:{job_id}", "cancelled", "1")

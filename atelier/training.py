@@ -35,7 +35,7 @@ class TrainingResult:
 
 
 def encode_labels(values: np.ndarray, vocabulary: tuple[str, ...]) -> np.ndarray:
-    """Index of each label in the vocabulary; labels outside it map to -1 (no loss term)."""
+    """Index of each label in the vocabulary; labels outside it map to -1 (training refuses those)."""
     lookup = {label: index for index, label in enumerate(vocabulary)}
     return np.array([lookup.get(v, -1) for v in values], dtype=np.int32)
 

@@ -15,7 +15,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from atelier.evaluation import KS, METHODS, SCOPES, render_markdown, sample_quer
 from atelier.metrics import mean_average_precision
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2
-from services.common.client import Addresses, AtelierClient, make_query
+from services.common.client import Addresses, AtelierClient, follow_job, make_query
 from services.common.launcher import local_suite
 
 log = logging.getLogger("bench.reproduce_map")
@@ -94,13 +93,7 @@ def main() -> int:
             ),
             timeout=300,
         )
-        with tqdm(total=job.total, desc="encoding through the queue", unit="item") as bar:
-            while job.state != common_pb2.JOB_STATE_SUCCEEDED:
-                time.sleep(0.5)
-                job = client.encoder.GetJob(
-                    encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=10
-                )
-                bar.update(job.done + job.failed - bar.n)
+        job = follow_job(client.encoder, job, "encoding through the queue", timeout=3600)
         if job.failed:
             raise SystemExit(f"{job.failed} items failed to encode")
         CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)

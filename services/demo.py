@@ -18,12 +18,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from atelier.catalogue import read_catalogue_csv
 from atelier.store import CodeStore
-from atelier.v1 import common_pb2, encoder_pb2
-from services.common.client import Addresses, AtelierClient
+from atelier.v1 import encoder_pb2
+from services.common.client import Addresses, AtelierClient, follow_job
 from services.common.launcher import PORT_VARS, local_suite, start_process
 from services.common.runtime import configure_logging
 
@@ -69,16 +67,11 @@ def encode_if_needed(client: AtelierClient, store: CodeStore, csv_path: Path) ->
     job = client.encoder.SubmitCatalogue(
         encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path.resolve())), timeout=120
     )
-    with tqdm(total=job.total, desc="encoding the catalogue", unit="item") as bar:
-        while job.state not in (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_CANCELLED):
-            time.sleep(0.3)
-            job = client.encoder.GetJob(
-                encoder_pb2.GetJobRequest(job_id=job.job_id, max_failures=20), timeout=10
-            )
-            bar.update(job.done + job.failed - bar.n)
-            bar.set_postfix(failed=job.failed, rate=f"{job.items_per_second:.0f}/s")
+    job = follow_job(client.encoder, job, "encoding the catalogue")
     for failure in job.failures:
         print(f"  skipped {failure.item_id}: {failure.reason}")
+    if not job.done:
+        raise SystemExit("no item of the catalogue could be encoded; see the reasons above")
     store.serve(job.model_version)
     return job.model_version
 
@@ -104,7 +97,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     configure_logging("WARNING")
-    env = {"GATEWAY_PORT": str(args.gateway_port)}
+    env = {
+        "GATEWAY_PORT": str(args.gateway_port),
+        "GATEWAY_IMAGE_ROOT": str(args.catalogue.resolve().parent),
+    }
     for name, (port_var, addr_var) in PORT_VARS.items():
         port = DEFAULT_PORTS[name] if name != "gateway" else args.gateway_port
         if name == "gateway" or port_is_free(

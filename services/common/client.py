@@ -73,6 +73,8 @@ class AtelierClient:
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # With a dns:///name:port address, spread calls over every replica the name resolves to.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         self.timeout = timeout
         self._channels = {
@@ -149,3 +151,40 @@ class AtelierClient:
 
     def encode(self, image: bytes) -> encoder_pb2.EncodeResponse:
         return self.encoder.Encode(encoder_pb2.EncodeRequest(image=image), timeout=self.timeout)
+
+
+def follow_job(
+    encoder: encoder_pb2_grpc.EncoderServiceStub,
+    job: common_pb2.Job,
+    description: str = "encoding",
+    timeout: float | None = None,
+    on_update=None,
+    max_failures: int = 50,
+) -> common_pb2.Job:
+    """Poll a job to its end with a progress bar (done, failed, rate, ETA); returns the final Job."""
+    import time
+
+    from tqdm import tqdm
+
+    finished = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_CANCELLED)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with tqdm(total=job.total, unit="item", desc=description) as bar:
+        while True:
+            job = encoder.GetJob(
+                encoder_pb2.GetJobRequest(job_id=job.job_id, max_failures=max_failures), timeout=10
+            )
+            bar.update(job.done + job.failed - bar.n)
+            bar.set_postfix(
+                failed=job.failed,
+                rate=f"{job.items_per_second:.0f}/s",
+                eta=f"{job.eta_seconds:.0f}s",
+            )
+            if on_update:
+                on_update(job)
+            if job.state in finished:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"job {job.job_id} not finished after {timeout:.0f}s ({job.done}/{job.total})"
+                )
+            time.sleep(0.3)

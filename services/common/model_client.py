@@ -19,7 +19,7 @@ ENCODE_OUTPUTS = ("mu", "sigma", "z")
 
 
 def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """float32 array -> TensorProto without importing all of TensorFlow's Python API."""
+    """float32 array -> TensorProto, without tf.make_tensor_proto's per-call overhead."""
     array = np.ascontiguousarray(array, dtype=np.float32)
     return tensor_pb2.TensorProto(
         dtype=types_pb2.DT_FLOAT,
@@ -59,7 +59,7 @@ class ModelClient:
             ],
         )
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self._shapes: dict[int, ModelShape] = {}
+        self._shapes: dict[tuple[bool, int], ModelShape] = {}
 
     def close(self) -> None:
         self.channel.close()
@@ -106,24 +106,52 @@ class ModelClient:
         )
         return outputs["images"], served
 
-    def shape(self, version: int | None = None) -> ModelShape:
-        """Input size and latent dim, read from the encoder's signature (GetModelMetadata).
-
-        A pinned version's shape never changes, so it is asked once; "latest" is always asked.
-        """
-        if version and version in self._shapes:
-            return self._shapes[version]
+    def _signature(self, name: str, signature: str, version: int | None, remaining: float | None):
         request = get_model_metadata_pb2.GetModelMetadataRequest()
-        request.model_spec.name = ENCODER_NAME
+        request.model_spec.name = name
         if version:
             request.model_spec.version.value = version
         request.metadata_field.append("signature_def")
-        response = self.stub.GetModelMetadata(request, timeout=self._deadline(None))
+        response = self.stub.GetModelMetadata(request, timeout=self._deadline(remaining))
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_map)
-        signature = signature_map.signature_def[ENCODE_SIGNATURE]
-        dims = [d.size for d in signature.inputs["images"].tensor_shape.dim]
-        latent = [d.size for d in signature.outputs["mu"].tensor_shape.dim][-1]
-        shape = ModelShape(response.model_spec.version.value, dims[1], dims[2], latent)
-        self._shapes[shape.version] = shape
+        return signature_map.signature_def[signature], response.model_spec.version.value
+
+    def shape(
+        self, version: int | None = None, remaining: float | None = None, decoder: bool = False
+    ) -> ModelShape:
+        """Input size and latent dim from the encoder's (or decoder's) signature, via GetModelMetadata.
+
+        A pinned version's shape never changes, so it is asked once; "latest" is always asked.
+        """
+        key = (decoder, version)
+        if version and key in self._shapes:
+            return self._shapes[key]
+        if decoder:
+            signature, served = self._signature(DECODER_NAME, DECODE_SIGNATURE, version, remaining)
+            dims = [d.size for d in signature.outputs["images"].tensor_shape.dim]
+            latent = [d.size for d in signature.inputs["z"].tensor_shape.dim][-1]
+        else:
+            signature, served = self._signature(ENCODER_NAME, ENCODE_SIGNATURE, version, remaining)
+            dims = [d.size for d in signature.inputs["images"].tensor_shape.dim]
+            latent = [d.size for d in signature.outputs["mu"].tensor_shape.dim][-1]
+        shape = ModelShape(served, dims[1], dims[2], latent)
+        self._shapes[(decoder, served)] = shape
         return shape
+
+
+def status_of(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """The status a service returns when the model server fails it: retryable stays retryable,
+    NOT_FOUND stays NOT_FOUND, and a rejected request is the service's own fault (INTERNAL)."""
+    code = error.code()
+    if code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ):
+        return code, f"model server: {error.details()}"
+    return (
+        grpc.StatusCode.INTERNAL,
+        f"model server rejected the request: {code.name}: {error.details()}",
+    )

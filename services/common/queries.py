@@ -1,14 +1,23 @@
-"""Shared request translation for the query services: Query -> latent vector, rows -> ScoredItems."""
+"""What the query services share: settings, the servicer base, Query -> vector, rows -> ScoredItems, serving."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
+from atelier import generation as generations
 from atelier.generation import Generation
 from atelier.latent import validate_vector
 from atelier.search import query_space
+from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from services.common.generation_holder import GenerationHolder
+from services.common.runtime import RunningServer, env_float, env_int, env_str, grpc_server
 
 METHODS = {
     common_pb2.RANKING_METHOD_UNSPECIFIED: "fixed_eps",
@@ -82,12 +91,12 @@ def resolve(
                 timeout=timeout,
             )
         except grpc.RpcError as exc:
-            code = (
-                exc.code()
-                if exc.code()
-                in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED)
-                else grpc.StatusCode.UNAVAILABLE
+            passed_on = (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.NOT_FOUND,
             )
+            code = exc.code() if exc.code() in passed_on else grpc.StatusCode.UNAVAILABLE
             raise QueryError(code, f"encoder: {exc.details()}") from None
         values = reply.code.z if space == "z" else reply.code.mu
         return np.asarray(values, dtype=np.float64), None
@@ -96,21 +105,88 @@ def resolve(
     )
 
 
+def item_message(generation: Generation, row: int) -> common_pb2.Item:
+    meta = generation.metadata[row]
+    return common_pb2.Item(
+        item_id=generation.codes.item_ids[row],
+        category=meta.get("category", ""),
+        article_type=meta.get("article_type", ""),
+        colour=meta.get("colour", ""),
+        name=meta.get("name", ""),
+        image_ref=meta.get("image_ref", ""),
+    )
+
+
 def scored_items(
     generation: Generation, rows: np.ndarray, scores: np.ndarray, space: str
 ) -> list[common_pb2.ScoredItem]:
-    items = []
     assert generation.kmeans is not None
     labels = generation.kmeans.partitions[space].labels
-    for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
-        meta = generation.metadata[row]
-        item = common_pb2.Item(
-            item_id=generation.codes.item_ids[row],
-            category=meta.get("category", ""),
-            article_type=meta.get("article_type", ""),
-            colour=meta.get("colour", ""),
-            name=meta.get("name", ""),
-            image_ref=meta.get("image_ref", ""),
+    return [
+        common_pb2.ScoredItem(
+            item=item_message(generation, row), score=score, cluster=int(labels[row])
         )
-        items.append(common_pb2.ScoredItem(item=item, score=score, cluster=int(labels[row])))
-    return items
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """Settings shared by the services that answer queries from the served generation."""
+
+    redis_url: str
+    encoder_addr: str
+    host: str
+    port: int
+    kmeans_k: int
+    max_abs_latent: float
+
+    @classmethod
+    def read(cls, prefix: str, default_port: int):
+        return cls(
+            redis_url=env_str("REDIS_URL"),
+            encoder_addr=env_str("ENCODER_ADDR", "127.0.0.1:50051"),
+            host=env_str(f"{prefix}_HOST", "127.0.0.1"),
+            port=env_int(f"{prefix}_PORT", default_port),
+            kmeans_k=env_int("KMEANS_K", 3),
+            max_abs_latent=env_float("MAX_ABS_LATENT", 100.0),
+        )
+
+
+class GenerationServicer:
+    """Base of the query servicers: the held generation and the encoder for photo queries."""
+
+    def __init__(self, encoder: encoder_pb2_grpc.EncoderServiceStub, max_abs_latent: float):
+        self.holder: GenerationHolder | None = None
+        self.encoder = encoder
+        self.max_abs_latent = max_abs_latent
+
+    def generation(self, context) -> Generation:
+        generation = self.holder.current if self.holder else None  # one reference per request
+        if generation is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no generation of codes is served yet")
+        return generation
+
+
+@contextmanager
+def run_query_server(
+    settings: QuerySettings,
+    servicer: GenerationServicer,
+    register: Callable[[grpc.Server], None],
+    service_name: str,
+    with_categories: bool = False,
+) -> Iterator[RunningServer]:
+    """Serve, and report SERVING once the served generation's indexes are loaded."""
+    store = CodeStore.from_url(settings.redis_url)
+    with grpc_server(register, (service_name,), settings.host, settings.port) as running:
+        build = functools.partial(
+            generations.build, store, k=settings.kmeans_k, with_categories=with_categories
+        )
+        servicer.holder = GenerationHolder(
+            store, build, lambda _generation: running.set_serving(True)
+        )
+        servicer.holder.start()
+        try:
+            yield running
+        finally:
+            servicer.holder.stop()

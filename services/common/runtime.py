@@ -126,11 +126,3 @@ def wait_for_shutdown(running: RunningServer) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stop.wait()
-
-
-def abort_invalid(context: grpc.ServicerContext, reason: str):
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
-
-
-def abort_not_found(context: grpc.ServicerContext, reason: str):
-    context.abort(grpc.StatusCode.NOT_FOUND, reason)

@@ -17,7 +17,8 @@ from atelier.latent import validate_vector
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, decoder_pb2, decoder_pb2_grpc
 from services.common.generation_holder import GenerationHolder
-from services.common.model_client import ModelClient
+from services.common.model_client import ModelClient, status_of
+from services.common.queries import item_message
 from services.common.runtime import RunningServer, grpc_server
 from services.decoder.config import Settings
 
@@ -40,14 +41,11 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
 
     def _latent_dim(self, version: int, context) -> int:
         try:
-            return self.model.shape(version or None).latent_dim
+            return self.model.shape(
+                version or None, context.time_remaining(), decoder=True
+            ).latent_dim
         except grpc.RpcError as exc:
-            code = (
-                grpc.StatusCode.NOT_FOUND
-                if exc.code() == grpc.StatusCode.NOT_FOUND
-                else grpc.StatusCode.UNAVAILABLE
-            )
-            context.abort(code, f"model server: {exc.details()}")
+            context.abort(*status_of(exc))
 
     def _version(self, requested: int) -> int:
         generation = self.holder.current if self.holder else None
@@ -59,12 +57,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 vectors.astype(np.float32), version or None, context.time_remaining()
             )
         except grpc.RpcError as exc:
-            code = (
-                exc.code()
-                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
-                else grpc.StatusCode.UNAVAILABLE
-            )
-            context.abort(code, f"model server: {exc.details()}")
+            context.abort(*status_of(exc))
         return decoder_pb2.DecodeResponse(
             png=[to_png(image) for image in images],
             model_version=served,
@@ -104,17 +97,9 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 )
         rng = np.random.default_rng(request.seed if request.HasField("seed") else None)
         row = int(rng.choice(rows))
-        meta = generation.metadata[row]
         codes = generation.codes
         return decoder_pb2.RandomStartResponse(
-            item=common_pb2.Item(
-                item_id=codes.item_ids[row],
-                category=meta.get("category", ""),
-                article_type=meta.get("article_type", ""),
-                colour=meta.get("colour", ""),
-                name=meta.get("name", ""),
-                image_ref=meta.get("image_ref", ""),
-            ),
+            item=item_message(generation, row),
             code=common_pb2.LatentCode(mu=codes.mu[row], sigma=codes.sigma[row], z=codes.z[row]),
             model_version=generation.version,
             lower=generation.lower,

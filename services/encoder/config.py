@@ -29,6 +29,7 @@ class Settings:
             port=env_int("ENCODER_PORT", 50051),
             chunk_size=env_int("ENCODE_CHUNK_SIZE", 64),
             model_timeout=env_float("MODEL_TIMEOUT_SECONDS", 30.0),
-            # A task unacknowledged this long (its worker died) goes back to the queue.
-            visibility_timeout=env_int("QUEUE_VISIBILITY_TIMEOUT_SECONDS", 30),
+            # A task unacknowledged this long (its worker died) goes back to the queue. Keep it well
+            # above a chunk's worst case (model timeout plus retry backoff) or live chunks run twice.
+            visibility_timeout=env_int("QUEUE_VISIBILITY_TIMEOUT_SECONDS", 300),
         )

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
-import numpy as np
 
 from atelier import jobs
 from atelier.catalogue import ImageError, decode_image
-from atelier.modelstore import read_metadata
-from atelier.store import CodeStore, ModelRecord
+from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
-from services.common.model_client import ModelClient, ModelShape
+from services.common.model_client import ModelClient, ModelShape, status_of
 from services.common.runtime import RunningServer, grpc_server
 from services.encoder.config import Settings
 
@@ -54,45 +51,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self.model = model
         self.enqueue = enqueue
 
-    @functools.lru_cache(maxsize=32)  # noqa: B019 - one servicer per process, versions are few
-    def _shape(self, version: int | None) -> ModelShape:
-        return self.model.shape(version)
-
     def _resolve(self, requested: int, context) -> ModelShape:
         version = requested or self.store.served_version() or None
         try:
-            return self._shape(version)
+            return self.model.shape(version, context.time_remaining())
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                context.abort(
-                    grpc.StatusCode.NOT_FOUND, f"unknown model version {version}: {exc.details()}"
-                )
-            context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"model server: {exc.code().name}: {exc.details()}"
-            )
+            code, message = status_of(exc)
+            context.abort(code, f"model version {version or 'latest'}: {message}")
 
-    def _register(self, shape: ModelShape) -> None:
-        if self.store.model(shape.version) is not None:
-            return
-        try:
-            metadata = read_metadata(self.settings.models_dir, shape.version)
-            epsilon, data_hash = metadata.epsilon, metadata.data_hash
-        except FileNotFoundError:
-            # No model files here (a remote TF Serving): ε = (z − μ)/σ from one probe encoding.
-            probe = np.full((1, shape.image_height, shape.image_width, 3), 0.5, np.float32)
-            codes, _ = self.model.encode(probe, shape.version)
-            epsilon = ((codes["z"] - codes["mu"]) / codes["sigma"])[0]
-            data_hash = ""
-        self.store.register_model(
-            ModelRecord(
-                shape.version,
-                shape.latent_dim,
-                shape.image_height,
-                shape.image_width,
-                data_hash,
-                epsilon,
-            )
-        )
+    def _encode_fn(self, context):
+        def encode(images, version):
+            return self.model.encode(images, version, context.time_remaining())[0]
+
+        return encode
 
     def Encode(self, request, context):
         if not request.image:
@@ -107,11 +78,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 pixels[None], shape.version, context.time_remaining()
             )
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while encoding")
-            context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"model server: {exc.code().name}: {exc.details()}"
-            )
+            context.abort(*status_of(exc))
         code = common_pb2.LatentCode(mu=codes["mu"][0], sigma=codes["sigma"][0], z=codes["z"][0])
         return encoder_pb2.EncodeResponse(code=code, model_version=version)
 
@@ -128,33 +95,37 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             except (ValueError, KeyError) as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad catalogue CSV: {exc}")
         elif source == "entries":
-            entries = []
-            for entry in request.entries.entries:
-                item = entry.item
-                fields = {
-                    "item_id": item.item_id,
-                    "category": item.category,
-                    "article_type": item.article_type or item.category,
-                    "colour": item.colour,
-                    "name": item.name,
-                    "image_ref": item.image_ref,
-                }
-                if entry.image:
-                    fields["image"] = entry.image
-                entries.append(fields)
+            entries = [
+                jobs.normalise_entry(e.item.item_id, e.item.category, e.item.article_type, e.item.colour,
+                                     e.item.name, e.item.image_ref, e.image)
+                for e in request.entries.entries
+            ]  # fmt: skip
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give csv_path or entries")
-        self._register(shape)
+        size = (shape.image_height, shape.image_width)
+        try:
+            jobs.ensure_model_registered(
+                self.store,
+                shape.version,
+                size,
+                shape.latent_dim,
+                self.settings.models_dir,
+                self._encode_fn(context),
+            )
+        except grpc.RpcError as exc:
+            context.abort(*status_of(exc))
 
         def enqueue(job_id: str, item_ids: list[str]) -> None:
-            self.enqueue(job_id, item_ids, shape.image_height, shape.image_width)
+            self.enqueue(job_id, item_ids, *size)
 
         try:
-            job_id = jobs.submit(
+            job_id = jobs.submit_or_fail(
                 self.store, shape.version, entries, enqueue, self.settings.chunk_size
             )
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except jobs.QueueUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the queue refused the job: {exc}")
         log.info("job %s: %d items for model version %d", job_id, len(entries), shape.version)
         return job_message(jobs.progress(self.store, job_id))
 

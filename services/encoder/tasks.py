@@ -75,7 +75,12 @@ class EncodeChunkTask(app.Task):
         # Retries are exhausted: the items are reported, never silently dropped from the job.
         job_id, item_ids = args[0], args[1]
         store, _ = _worker_context()
-        jobs.fail_chunk(store, job_id, item_ids, f"gave up after retries: {exc}")
+        try:
+            jobs.fail_chunk(store, job_id, item_ids, f"gave up after retries: {exc}")
+        except redis.RedisError:
+            log.exception(
+                "job %s: could not record %d failed items (Redis down)", job_id, len(item_ids)
+            )
 
 
 @app.task(

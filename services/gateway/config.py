@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common.runtime import env_float, env_int, env_str
 
@@ -18,6 +19,7 @@ class Settings:
     port: int
     timeout: float
     max_upload_bytes: int
+    image_root: Path
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -31,4 +33,6 @@ class Settings:
             port=env_int("GATEWAY_PORT", 8080),
             timeout=env_float("GATEWAY_TIMEOUT_SECONDS", 10.0),
             max_upload_bytes=env_int("GATEWAY_MAX_UPLOAD_BYTES", 16 * 1024 * 1024),
+            # Catalogue images are served only from below this folder.
+            image_root=Path(env_str("GATEWAY_IMAGE_ROOT", "data")).resolve(),
         )

@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, unquote
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atelier.store import CodeStore
@@ -96,12 +98,13 @@ class Gateway:
     def image(self, item_id: str) -> bytes | None:
         version = self.store.served_version()
         record = self.store.item(version, item_id) if version is not None else None
-        if record is None:
+        if record is None or not record.metadata.get("image_ref"):
             return None
-        reference = record.metadata.get("image_ref", "")
-        # Only files the catalogue itself names are ever read.
-        path = Path(reference)
-        return path.read_bytes() if reference and path.is_file() else None
+        path = Path(record.metadata["image_ref"]).resolve()
+        # image_ref comes from whoever submitted the catalogue: never read outside the image root.
+        if not path.is_relative_to(self.settings.image_root) or not path.is_file():
+            return None
+        return path.read_bytes()
 
     def healthy(self) -> bool:
         for address in (
@@ -141,8 +144,11 @@ def make_handler(gateway: Gateway):
 
         def _body(self) -> bytes:
             length = int(self.headers.get("Content-Length") or 0)
-            if length > gateway.settings.max_upload_bytes:
-                raise ValueError(f"request body over {gateway.settings.max_upload_bytes} bytes")
+            if not 0 <= length <= gateway.settings.max_upload_bytes:
+                self.close_connection = True  # the unread body must not be parsed as a request
+                raise ValueError(
+                    f"request body must be 0 to {gateway.settings.max_upload_bytes} bytes"
+                )
             return self.rfile.read(length)
 
         def _guard(self, action) -> None:
@@ -155,10 +161,19 @@ def make_handler(gateway: Gateway):
                 )
             except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            except redis.RedisError as exc:
+                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"redis: {exc}"})
+
+        def _image(self, item_id: str) -> None:
+            data = gateway.image(item_id)
+            if data is None:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no image for item {item_id!r}"})
+            else:
+                self._send(HTTPStatus.OK, "image/jpeg", data)
 
         def do_GET(self):
             path, _, query = self.path.partition("?")
-            params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+            params = {key: values[0] for key, values in parse_qs(query).items()}
             if path in ("/", "/index.html"):
                 self._send(
                     HTTPStatus.OK, "text/html; charset=utf-8", (STATIC / "index.html").read_bytes()
@@ -171,11 +186,7 @@ def make_handler(gateway: Gateway):
                     lambda: self._json(HTTPStatus.OK, gateway.start(params.get("category", "")))
                 )
             elif path.startswith("/api/image/"):
-                data = gateway.image(path.rsplit("/", 1)[1])
-                if data is None:
-                    self._json(HTTPStatus.NOT_FOUND, {"error": "no such item image"})
-                else:
-                    self._send(HTTPStatus.OK, "image/jpeg", data)
+                self._guard(lambda: self._image(unquote(path.rsplit("/", 1)[1])))
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
 

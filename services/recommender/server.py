@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
 
-from atelier import generation as generations
 from atelier.recommend import recommend
 from atelier.search import query_space
-from atelier.store import CodeStore
 from atelier.v1 import encoder_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 from services.common import queries
-from services.common.generation_holder import GenerationHolder
-from services.common.runtime import RunningServer, grpc_server
+from services.common.runtime import RunningServer
 from services.recommender.config import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 
 
-class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
-    def __init__(self, holder: GenerationHolder | None, encoder, max_abs_latent: float):
-        self.holder = holder
-        self.encoder = encoder
-        self.max_abs_latent = max_abs_latent
-
+class RecommenderServicer(
+    queries.GenerationServicer, recommender_pb2_grpc.RecommenderServiceServicer
+):
     def Recommend(self, request, context):
-        generation = self.holder.current if self.holder else None  # one reference per request
-        if generation is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "no generation of codes is served yet")
+        generation = self.generation(context)
         try:
             method = queries.method_name(request.method)
             k = queries.check_k(request.k)
@@ -80,26 +71,17 @@ class RecommenderServicer(recommender_pb2_grpc.RecommenderServiceServicer):
 
 @contextmanager
 def run_server(settings: Settings) -> Iterator[RunningServer]:
-    store = CodeStore.from_url(settings.redis_url)
-    channel = grpc.insecure_channel(settings.encoder_addr)
-    servicer = RecommenderServicer(
-        None, encoder_pb2_grpc.EncoderServiceStub(channel), settings.max_abs_latent
-    )
-    with grpc_server(
-        lambda server: recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(
-            servicer, server
-        ),
-        (SERVICE_NAME,),
-        settings.host,
-        settings.port,
-    ) as running:
-        build = functools.partial(
-            generations.build, store, k=settings.kmeans_k, with_categories=True
+    with grpc.insecure_channel(settings.encoder_addr) as channel:
+        servicer = RecommenderServicer(
+            encoder_pb2_grpc.EncoderServiceStub(channel), settings.max_abs_latent
         )
-        servicer.holder = GenerationHolder(store, build, lambda _g: running.set_serving(True))
-        servicer.holder.start()  # SERVING once a generation's indexes are loaded
-        try:
+        with queries.run_query_server(
+            settings,
+            servicer,
+            lambda server: recommender_pb2_grpc.add_RecommenderServiceServicer_to_server(
+                servicer, server
+            ),
+            SERVICE_NAME,
+            with_categories=True,
+        ) as running:
             yield running
-        finally:
-            servicer.holder.stop()
-            channel.close()

@@ -2,44 +2,34 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
 
-from atelier import generation as generations
 from atelier.search import query_space
-from atelier.store import CodeStore
 from atelier.v1 import encoder_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.common import queries
-from services.common.generation_holder import GenerationHolder
-from services.common.runtime import RunningServer, grpc_server
+from services.common.runtime import RunningServer
 from services.retrieval.config import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+SCOPES = (
+    retrieval_pb2.SEARCH_SCOPE_UNSPECIFIED,
+    retrieval_pb2.SEARCH_SCOPE_CLUSTER,
+    retrieval_pb2.SEARCH_SCOPE_CATALOGUE,
+)
 
 
-class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
-    def __init__(self, holder: GenerationHolder | None, encoder, max_abs_latent: float):
-        self.holder = holder
-        self.encoder = encoder
-        self.max_abs_latent = max_abs_latent
-
+class RetrievalServicer(queries.GenerationServicer, retrieval_pb2_grpc.RetrievalServiceServicer):
     def Search(self, request, context):
-        generation = self.holder.current if self.holder else None  # one reference per request
-        if generation is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "no generation of codes is served yet")
+        generation = self.generation(context)
         try:
             method = queries.method_name(request.method)
             k = queries.check_k(request.k)
-            if request.scope not in (
-                0,
-                retrieval_pb2.SEARCH_SCOPE_CLUSTER,
-                retrieval_pb2.SEARCH_SCOPE_CATALOGUE,
-            ):
+            if request.scope not in SCOPES:
                 raise queries.QueryError(
                     grpc.StatusCode.INVALID_ARGUMENT, f"unknown scope {request.scope}"
                 )
@@ -60,10 +50,14 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         nearest = partition.nearest(vector, max(1, min(request.nprobe, len(partition.centres))))
         searched = None if request.scope == retrieval_pb2.SEARCH_SCOPE_CATALOGUE else nearest
         exclude_own = request.exclude_query_item if request.HasField("exclude_query_item") else True
-        exclude = own_row if exclude_own else None
         try:
             rows, scores = generation.kmeans.search(
-                method, vector, k, searched, request.category or None, exclude_row=exclude
+                method,
+                vector,
+                k,
+                searched,
+                request.category or None,
+                own_row if exclude_own else None,
             )
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -76,24 +70,16 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
 @contextmanager
 def run_server(settings: Settings) -> Iterator[RunningServer]:
-    store = CodeStore.from_url(settings.redis_url)
-    channel = grpc.insecure_channel(settings.encoder_addr)
-    servicer = RetrievalServicer(
-        None, encoder_pb2_grpc.EncoderServiceStub(channel), settings.max_abs_latent
-    )
-    with grpc_server(
-        lambda server: retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server),
-        (SERVICE_NAME,),
-        settings.host,
-        settings.port,
-    ) as running:
-        build = functools.partial(generations.build, store, k=settings.kmeans_k)
-        servicer.holder = GenerationHolder(
-            store, lambda v: build(v), lambda _g: running.set_serving(True)
+    with grpc.insecure_channel(settings.encoder_addr) as channel:
+        servicer = RetrievalServicer(
+            encoder_pb2_grpc.EncoderServiceStub(channel), settings.max_abs_latent
         )
-        servicer.holder.start()  # SERVING once a generation's indexes are loaded
-        try:
+        with queries.run_query_server(
+            settings,
+            servicer,
+            lambda server: retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(
+                servicer, server
+            ),
+            SERVICE_NAME,
+        ) as running:
             yield running
-        finally:
-            servicer.holder.stop()
-            channel.close()

@@ -49,6 +49,10 @@ def test_serving_switch_is_atomic_and_announced(store: CodeStore):
         store.serve(1)
     store.register_model(ModelRecord(1, 16, 80, 64, "a", epsilon))
     store.register_model(ModelRecord(2, 16, 80, 64, "b", epsilon * 2))
+    with pytest.raises(ValueError, match="no codes"):
+        store.serve(1)
+    store.upsert_codes(1, [_record("x", 1)])
+    store.upsert_codes(2, [_record("x", 2)])
     pubsub = store.redis.pubsub()
     pubsub.subscribe(GENERATION_CHANNEL)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
@@ -71,7 +75,8 @@ def test_old_generation_stays_until_removed(store: CodeStore):
     store.serve(1)
     with pytest.raises(ValueError, match="being served"):
         store.remove_generation(1)
-    assert store.remove_generation(2) == 2
+    assert store.remove_generation(2) == 3  # the model record, the item's hash, the items set
+    assert store.model_versions() == [1]
     assert store.item(2, "a") is None and store.item(1, "a") is not None
 
 

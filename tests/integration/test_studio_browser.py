@@ -26,7 +26,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, models_dir, tiny_csv):
     work = tmp_path_factory.mktemp("studio")
-    with local_suite(work, models_dir, workers=1) as suite:
+    with local_suite(
+        work, models_dir, workers=1, extra_env={"GATEWAY_IMAGE_ROOT": str(tiny_csv.parent)}
+    ) as suite:
         with grpc.insecure_channel(suite.env["ENCODER_ADDR"]) as channel:
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
             job = stub.SubmitCatalogue(
