@@ -58,7 +58,8 @@ def family_of(row: dict[str, str]) -> str:
 def read_catalogue_csv(csv_path: Path, image_dir: Path | None = None) -> list[CatalogueItem]:
     """Read either the Kaggle styles.csv schema or the minimal `id,image_path,category` schema."""
     csv_path = Path(csv_path)
-    image_dir = Path(image_dir) if image_dir else csv_path.parent / "images"
+    # Absolute paths: a job's image references are read by workers whose working folder may differ.
+    image_dir = (Path(image_dir) if image_dir else csv_path.parent / "images").resolve()
     with csv_path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or [])

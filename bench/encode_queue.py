@@ -113,7 +113,7 @@ def main() -> int:
         subset = items[: args.kill_items]
         csv_path.write_text(
             "id,image_path,category\n"
-            + "".join(f"kill-{i.item_id},{i.image_path},{i.category}\n" for i in subset)
+            + "".join(f"kill-{i.item_id},{i.image_path.resolve()},{i.category}\n" for i in subset)
         )
         kill_job = stub.SubmitCatalogue(
             encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path)), timeout=120
@@ -128,9 +128,7 @@ def main() -> int:
                 killed["at"] = progress.done + progress.failed
                 log.info("killed worker1 (pid %d) at %d items", victim.pid, killed["at"])
 
-        killed_job = wait_for(
-            stub, kill_job.job_id, len(subset), timeout=1800, on_progress=maybe_kill
-        )
+        killed_job = wait_for(stub, kill_job, timeout=1800, on_progress=maybe_kill)
         # One hash per (item, version) means a second code cannot exist; what can go wrong is an
         # item with no code and no failure (lost), or one counted twice by the job (duplicated).
         pattern = f"atelier:gen:{version}:item:kill-*"
@@ -181,6 +179,8 @@ def main() -> int:
             "ceiling_items_per_s": round(ceiling, 1),
             "ratio": round(queue_rate / ceiling, 3),
             "kill_run_items": len(subset),
+            "kill_run_done": killed_job.done,
+            "kill_run_failed": killed_job.failed,
             "killed_at_items": killed.get("at", -1),
             "lost_after_worker_kill": lost,
             "duplicated_after_worker_kill": duplicated,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 import redis
@@ -14,8 +15,10 @@ from celery import Celery
 
 from atelier import jobs
 from atelier.store import CodeStore
-from services.common.model_client import ModelClient
 from services.encoder.config import Settings
+
+if TYPE_CHECKING:
+    from services.common.model_client import ModelClient
 
 log = logging.getLogger(__name__)
 QUEUE = "atelier.encode"
@@ -48,6 +51,10 @@ app = make_app(settings)
 
 @functools.cache
 def _worker_context() -> tuple[CodeStore, ModelClient]:
+    # Imported here: the model client pulls in TensorFlow, which `celery inspect ping` (the
+    # container health check) and the encoder service's enqueueing never need.
+    from services.common.model_client import ModelClient
+
     # One Redis pool and one gRPC channel per worker process, made on first use (after fork).
     return CodeStore.from_url(settings.redis_url), ModelClient(
         settings.model_server_addr, settings.model_timeout

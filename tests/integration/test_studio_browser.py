@@ -123,6 +123,11 @@ def test_slider_changes_image_and_both_lists(page):
     before = _state(page)
     design_before = page.evaluate("() => document.getElementById('design').src")
     assert before["similar"] and before["pairings"] and not before["error"]
+    # the catalogue photos come through the gateway's image route
+    page.wait_for_function(
+        "[...document.querySelectorAll('#similar img')].some(i => i.complete && i.naturalWidth > 0)",
+        timeout=10_000,
+    )
     _move(page, 0, 0.0)  # the family axes move the design furthest
     _settle(page, before["lists"])
     pixels_before = _pixels(page)
