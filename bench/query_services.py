@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import grpc
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
@@ -94,14 +95,23 @@ def measure_size(
     store.serve(version)
     request_ids = np.random.default_rng(1).choice(len(codes), queries + 20, replace=False)
     probe = make_query(item_id=codes.item_ids[int(request_ids[0])])
-    while True:  # the services rebuild their index for the new generation in the background
+
+    def answered_by_all() -> bool:
         try:
-            if client.search(probe).model_version == version:
-                break
+            return (
+                client.search(probe).model_version == version
+                and client.recommend(probe).model_version == version
+                and client.random_start().model_version == version
+            )
         except grpc.RpcError:
-            pass
+            return False
+
+    # Every service rebuilds for the new generation in the background; measure only once all
+    # three have finished, so no rebuild competes with the timed calls for the 2 cores.
+    while not answered_by_all():
         time.sleep(0.5)
     rebuild_s = time.perf_counter() - started
+    time.sleep(2.0)
     # in-process baseline: the same index the service builds, without gRPC
     partitions = {s: fit_kmeans(codes.space(s), codes.item_ids, 3) for s in ("mu", "z")}
     index = SearchIndex(codes, partitions)
@@ -186,6 +196,8 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout
     )
+    # The in-process baselines search as the services do (FAISS_THREADS=1).
+    faiss.omp_set_num_threads(1)
     command = "python -m bench." + Path(__file__).stem + " " + " ".join(sys.argv[1:])
 
     metadata_model = read_metadata(args.models)

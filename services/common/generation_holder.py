@@ -6,6 +6,7 @@ beside the old one and replaces it with one reference assignment.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -58,6 +59,11 @@ class GenerationHolder:
                 log.warning("cannot load generation %s yet: %s", version, exc)
                 return
             self._current = generation
+            # A generation is millions of long-lived objects (metadata dicts, ids); keep them out
+            # of the cyclic collector's sweeps, which otherwise stall requests. Refcounting still
+            # frees them when the generation is replaced.
+            gc.collect()
+            gc.freeze()
             log.info("now answering from generation %d", version)
             if self._on_change:
                 self._on_change(generation)

