@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,12 +29,38 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class CatalogueItem:
+    """One catalogue row. Labels are optional: uploaded photos and new items come without them."""
+
     item_id: str
     image_path: Path
-    category: str
-    article_type: str
+    article_type: str = ""
+    sub_category: str = ""
+    master_category: str = ""
+    gender: str = ""
+    usage: str = ""
+    season: str = ""
     colour: str = ""
     name: str = ""
+
+    @property
+    def family(self) -> str:
+        """The paper's family: Footwear for every shoe, else the subCategory (Bags, Eyewear, ...)."""
+        if self.master_category == "Footwear":
+            return "Footwear"
+        return self.sub_category or self.master_category or "Unknown"
+
+    def metadata(self) -> dict[str, str]:
+        """The labels stored beside the item's codes (store.METADATA_FIELDS)."""
+        return {
+            "article_type": self.article_type,
+            "sub_category": self.sub_category,
+            "master_category": self.master_category,
+            "gender": self.gender,
+            "usage": self.usage,
+            "season": self.season,
+            "colour": self.colour,
+            "name": self.name,
+        }
 
 
 @dataclass
@@ -48,15 +75,20 @@ class LoadReport:
         log.warning("skipping item %s: %s", item_id, reason)
 
 
-def family_of(row: dict[str, str]) -> str:
-    """The paper's family for a Kaggle styles.csv row; other rows keep their subCategory."""
-    if row.get("masterCategory") == "Footwear":
-        return "Footwear"
-    return row.get("subCategory") or row.get("masterCategory") or "Unknown"
+def _cell(row: dict[str, str | None], *names: str) -> str:
+    for name in names:
+        value = (row.get(name) or "").strip()
+        if value:
+            return value
+    return ""
 
 
 def read_catalogue_csv(csv_path: Path, image_dir: Path | None = None) -> list[CatalogueItem]:
-    """Read either the Kaggle styles.csv schema or the minimal `id,image_path,category` schema."""
+    """Read either the Kaggle styles.csv schema or the minimal `id,image_path[,category]` schema.
+
+    In the minimal schema `category` is the subCategory; `master_category`, `article_type`,
+    `gender`, `usage`, `season` and `colour` columns are read when present. Every label may be empty.
+    """
     csv_path = Path(csv_path)
     # Absolute paths: a job's image references are read by workers whose working folder may differ.
     image_dir = (Path(image_dir) if image_dir else csv_path.parent / "images").resolve()
@@ -64,11 +96,11 @@ def read_catalogue_csv(csv_path: Path, image_dir: Path | None = None) -> list[Ca
         reader = csv.DictReader(handle)
         columns = set(reader.fieldnames or [])
         kaggle = {"id", "masterCategory", "subCategory", "articleType"} <= columns
-        minimal = {"id", "image_path", "category"} <= columns
+        minimal = {"id", "image_path"} <= columns
         if not (kaggle or minimal):
             raise ValueError(
                 f"{csv_path}: unknown schema {sorted(columns)}; expected Kaggle styles.csv columns "
-                "(id, masterCategory, subCategory, articleType, ...) or id,image_path,category"
+                "(id, masterCategory, subCategory, articleType, ...) or id,image_path[,category]"
             )
         items = []
         for row in reader:
@@ -76,24 +108,24 @@ def read_catalogue_csv(csv_path: Path, image_dir: Path | None = None) -> list[Ca
             if not item_id:
                 continue
             if kaggle:
-                category = family_of(row)
                 path = image_dir / f"{item_id}.jpg"
-                article_type = row.get("articleType") or category
             else:
-                category = row["category"]
                 path = Path(row["image_path"])
                 path = path if path.is_absolute() else image_dir.parent / path
                 if not path.exists() and (image_dir / row["image_path"]).exists():
                     path = image_dir / row["image_path"]
-                article_type = row.get("article_type") or row.get("articleType") or category
             items.append(
                 CatalogueItem(
                     item_id=item_id,
                     image_path=path,
-                    category=category,
-                    article_type=article_type,
-                    colour=row.get("baseColour") or row.get("colour") or "",
-                    name=row.get("productDisplayName") or row.get("name") or "",
+                    article_type=_cell(row, "articleType", "article_type"),
+                    sub_category=_cell(row, "subCategory", "sub_category", "category"),
+                    master_category=_cell(row, "masterCategory", "master_category"),
+                    gender=_cell(row, "gender"),
+                    usage=_cell(row, "usage"),
+                    season=_cell(row, "season"),
+                    colour=_cell(row, "baseColour", "colour"),
+                    name=_cell(row, "productDisplayName", "name"),
                 )
             )
     return items
@@ -156,13 +188,9 @@ class LoadedCatalogue:
     images: np.ndarray  # (n, H, W, 3) float32 in [0, 1]
     report: LoadReport
 
-    @property
-    def categories(self) -> np.ndarray:
-        return np.array([item.category for item in self.items])
-
-    @property
-    def article_types(self) -> np.ndarray:
-        return np.array([item.article_type for item in self.items])
+    def labels(self, name: str) -> np.ndarray:
+        """One label per item: a CatalogueItem field (`sub_category`, `gender`, ...) or `family`."""
+        return np.array([getattr(item, name) for item in self.items])
 
     @property
     def ids(self) -> list[str]:
@@ -270,11 +298,43 @@ def stratified_group_split(
     return np.array([g in test_groups for g in group_of], dtype=bool)
 
 
-def data_fingerprint(items: Sequence[CatalogueItem]) -> str:
-    """A short hash of the training data: ids, labels and image bytes."""
-    digest = hashlib.sha256()
+@dataclass(frozen=True)
+class SplitSpec:
+    """Which items a dataset holds and how they are split. Part of every model's data fingerprint,
+    so an evaluation can refuse a split that would put training items among its queries."""
+
+    test_fraction: float = 0.15
+    seed: int = 0
+    # The label the split is stratified by: `sub_category` for the whole catalogue, `family` for
+    # the paper's three families.
+    stratify: str = "sub_category"
+    families: tuple[str, ...] | None = None  # keep only these paper families; None: everything
+
+    def to_dict(self) -> dict:
+        return {
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+            "stratify": self.stratify,
+            "families": list(self.families) if self.families else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitSpec:
+        families = data.get("families")
+        return cls(
+            test_fraction=float(data["test_fraction"]),
+            seed=int(data["seed"]),
+            stratify=data.get("stratify", "sub_category"),
+            families=tuple(families) if families else None,
+        )
+
+
+def data_fingerprint(items: Sequence[CatalogueItem], split: SplitSpec) -> str:
+    """A short hash of the training data and its split: ids, labels, image bytes, split parameters."""
+    digest = hashlib.sha256(json.dumps(split.to_dict(), sort_keys=True).encode())
     for item in sorted(items, key=lambda i: i.item_id):
-        digest.update(f"{item.item_id}|{item.category}|{item.article_type}|".encode())
+        labels = (item.master_category, item.sub_category, item.article_type)
+        digest.update(f"{item.item_id}|{'|'.join(labels)}|".encode())
         try:
             digest.update(hashlib.sha256(item.image_path.read_bytes()).digest())
         except OSError:
@@ -288,52 +348,52 @@ class PreparedDataset:
 
     catalogue: LoadedCatalogue
     is_test: np.ndarray
+    split: SplitSpec
     fingerprint: str
     description: dict
 
-    def split(self, test: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        mask = self.is_test if test else ~self.is_test
-        return (
-            self.catalogue.images[mask],
-            self.catalogue.categories[mask],
-            self.catalogue.article_types[mask],
-        )
+    def labels(self, name: str, test: bool | None = None) -> np.ndarray:
+        values = self.catalogue.labels(name)
+        return values if test is None else values[self.is_test if test else ~self.is_test]
+
+    def images(self, test: bool) -> np.ndarray:
+        return self.catalogue.images[self.is_test if test else ~self.is_test]
 
 
 def prepare_dataset(
     csv_path: Path,
     image_dir: Path | None = None,
-    families: Sequence[str] | None = PAPER_FAMILIES,
+    split: SplitSpec | None = None,
     duplicates_csv: Path | None = None,
     size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-    test_fraction: float = 0.15,
-    seed: int = 0,
     progress: bool = True,
 ) -> PreparedDataset:
     """Read, filter to families, drop byte-duplicates, decode and split (stratified, by group)."""
+    split = split or SplitSpec()
     items = read_catalogue_csv(csv_path, image_dir)
     total = len(items)
-    if families:
-        items = [item for item in items if item.category in set(families)]
+    if split.families:
+        items = [item for item in items if item.family in set(split.families)]
     if duplicates_csv is None and (Path(csv_path).parent / "duplicate_images.csv").exists():
         duplicates_csv = Path(csv_path).parent / "duplicate_images.csv"
     listed = read_duplicate_groups(duplicates_csv) if duplicates_csv else {}
     groups = duplicate_groups(items, listed)
     unique = deduplicate(items, groups)
     loaded = load_images(unique, size, progress=progress)
-    is_test = stratified_group_split(loaded.ids, loaded.categories, groups, test_fraction, seed)
+    is_test = stratified_group_split(
+        loaded.ids, loaded.labels(split.stratify), groups, split.test_fraction, split.seed
+    )
     description = {
         "csv": str(csv_path),
         "rows": total,
-        "families": list(families) if families else "all",
+        "families": list(split.families) if split.families else "all",
         "in_families": len(items),
         "after_dedup": len(unique),
         "skipped": len(loaded.report.failures),
         "skipped_ids": loaded.report.failures,
         "train": int((~is_test).sum()),
         "test": int(is_test.sum()),
-        "test_fraction": test_fraction,
-        "split_seed": seed,
+        "split": split.to_dict(),
         "image_size": list(size),
     }
-    return PreparedDataset(loaded, is_test, data_fingerprint(unique), description)
+    return PreparedDataset(loaded, is_test, split, data_fingerprint(unique, split), description)

@@ -29,7 +29,7 @@ def _families(text: str) -> tuple[str, ...] | None:
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--catalogue", type=Path, required=True, help="styles.csv or id,image_path,category CSV"
+        "--catalogue", type=Path, required=True, help="styles.csv or id,image_path[,category] CSV"
     )
     parser.add_argument(
         "--images", type=Path, default=None, help="image folder (default: <csv dir>/images)"
@@ -37,8 +37,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--families",
         type=_families,
-        default="Footwear,Bags,Eyewear",
-        help="comma-separated families to use, or 'all' (default: the paper's three)",
+        default=None,
+        help="the paper's protocol: keep only these comma-separated families "
+        "(e.g. Footwear,Bags,Eyewear) and stratify the split by family; default: the whole catalogue",
     )
     parser.add_argument(
         "--duplicates", type=Path, default=None, help="group,id CSV of byte-duplicates"
@@ -47,50 +48,75 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=0)
 
 
-def _prepare(args: argparse.Namespace, size: tuple[int, int]):
+def split_from_args(args: argparse.Namespace):
+    from atelier.catalogue import SplitSpec
+
+    return SplitSpec(
+        test_fraction=args.test_fraction,
+        seed=args.split_seed,
+        stratify="family" if args.families else "sub_category",
+        families=args.families,
+    )
+
+
+def _prepare(args: argparse.Namespace, size: tuple[int, int], split=None):
     from atelier.catalogue import prepare_dataset
 
-    families = args.families if not isinstance(args.families, str) else _families(args.families)
     dataset = prepare_dataset(
-        args.catalogue,
-        args.images,
-        families,
-        args.duplicates,
-        size,
-        args.test_fraction,
-        args.split_seed,
+        args.catalogue, args.images, split or split_from_args(args), args.duplicates, size
     )
-    for item_id, reason in dataset.catalogue.report.failures.items():
-        log.warning("skipped %s: %s", item_id, reason)
     log.info("data: %s", {k: v for k, v in dataset.description.items() if k != "skipped_ids"})
     return dataset
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from atelier.modelstore import export_model
+    from atelier.taxonomy import Taxonomy
     from atelier.training import TrainConfig, train
     from atelier.vae import ModelConfig
 
     dataset = _prepare(args, args.size)
-    images, families, article_types = dataset.split(test=False)
-    guided = args.guided and args.kind == "vae"
+    images = dataset.images(test=False)
+    taxonomy = None
+    components = None
+    if args.category_prior and args.kind == "vae":
+        taxonomy = Taxonomy.fit(
+            dataset.labels("master_category"),
+            dataset.labels("sub_category"),
+            dataset.labels("article_type"),
+            ~dataset.is_test,
+            args.min_subcategory_images,
+            args.min_component_images,
+        )
+        components = taxonomy.component_index(
+            dataset.labels("sub_category", test=False), dataset.labels("article_type", test=False)
+        )
+        keep = components >= 0
+        images, components = images[keep], components[keep]
+        for sub, reason in taxonomy.left_out.items():
+            log.info("left out of training: %s (%s)", sub, reason)
     model_config = ModelConfig(
         image_size=args.size,
         latent_dim=args.latent_dim,
+        filters=tuple(args.filters),
+        dense_units=args.dense_units,
+        convs_per_stage=args.convs_per_stage,
         beta=args.beta,
         variational=args.kind == "vae",
-        prior_scale=args.prior_scale if guided else 0.0,
-        families=tuple(sorted(set(families))) if guided else (),
-        article_types=tuple(sorted(set(article_types))) if guided and args.article_weight else (),
-        article_weight=args.article_weight if guided else 0.0,
+        components=taxonomy.components if taxonomy else (),
+        class_weight=args.class_weight if taxonomy else 0.0,
+        prior_init_scale=args.prior_init_scale,
     )
     train_config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         seed=args.seed,
+        flip=args.flip,
     )
-    result = train(model_config, train_config, images, families, article_types, args.run_dir)
+    result = train(model_config, train_config, images, components, args.run_dir)
     summary = {
         "run_dir": str(args.run_dir),
         "epochs": train_config.epochs,
@@ -100,49 +126,89 @@ def cmd_train(args: argparse.Namespace) -> int:
         "final": result.history[-1] if result.history else {},
         "data": {k: v for k, v in dataset.description.items() if k != "skipped_ids"},
         "data_hash": dataset.fingerprint,
+        "trained_on": len(images),
+        "left_out": taxonomy.left_out if taxonomy else {},
+        "command": " ".join(["atelier", *sys.argv[1:]]),
     }
     (Path(args.run_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
     if args.export_dir:
-        metadata = export_model(
-            result.model,
-            args.export_dir,
-            args.version,
-            dataset.fingerprint,
-            extra={
-                "training": {
-                    "epochs": train_config.epochs,
-                    "seed": train_config.seed,
-                    "train_seconds": summary["train_seconds_total"],
-                    "final_losses": summary["final"],
-                    "data": summary["data"],
-                    "command": " ".join(["atelier", *sys.argv[1:]]),
-                }
+        extra: dict = {
+            "split": dataset.split.to_dict(),
+            "training": {
+                "epochs": train_config.epochs,
+                "seed": train_config.seed,
+                "flip": train_config.flip,
+                "batch_size": train_config.batch_size,
+                "learning_rate": train_config.learning_rate,
+                "train_seconds": summary["train_seconds_total"],
+                "final_losses": summary["final"],
+                "data": summary["data"],
+                "trained_on": summary["trained_on"],
+                "left_out": summary["left_out"],
+                "command": summary["command"],
+                "hardware": _hardware(),
             },
+        }
+        if result.model.prior_means is not None:
+            extra["prior_means"] = np.round(result.model.prior_means.numpy(), 6).tolist()
+        metadata = export_model(
+            result.model, args.export_dir, args.version, dataset.fingerprint, extra=extra
         )
         log.info("exported version %d to %s", metadata.version, args.export_dir)
     print(json.dumps(summary, indent=1))
     return 0
 
 
+def _hardware() -> str:
+    import os
+
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{len(gpus)} GPU" if gpus else f"CPU, {os.cpu_count()} cores"
+
+
+def _baseline(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"give a baseline as NAME=RUN_DIR, got {text!r}")
+    return name, Path(path)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from atelier.evaluation import EvaluationInputs, run_evaluation
+    from atelier.evaluation import (
+        EvaluationInputs,
+        SplitMismatch,
+        evaluate_paper_protocol,
+        evaluate_whole_catalogue,
+        write_results,
+    )
+    from atelier.modelstore import read_metadata
 
     inputs = EvaluationInputs(
         models_dir=args.models,
         version=args.version,
-        ae_run_dir=args.ae_run,
-        plain_vae_run_dir=args.plain_vae_run,
         docs_dir=args.docs,
+        baseline_runs=dict(args.baseline),
+        queries=args.queries,
         queries_per_family=args.queries_per_family,
+        pairing_queries=args.pairing_queries,
         seed=args.seed,
         command=" ".join(["atelier", *sys.argv[1:]]),
     )
-    from atelier.modelstore import read_metadata
-
     size = read_metadata(args.models, args.version).image_size
     dataset = _prepare(args, size)
-    results = run_evaluation(dataset, inputs)
-    print(json.dumps({k: results[k] for k in ("reconstruction", "clustering")}, indent=1))
+    paper = bool(args.families)
+    try:
+        results = (evaluate_paper_protocol if paper else evaluate_whole_catalogue)(dataset, inputs)
+    except SplitMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_results("paper_protocol" if paper else "whole_catalogue", results, args.docs)
+    keys = ("reconstruction", "clustering") if paper else (
+        "article_type_map10", "subcategory_accuracy", "subcategory_macro_f1", "psnr", "pairing"
+    )  # fmt: skip
+    print(json.dumps({k: results[k] for k in keys}, indent=1))
     return 0
 
 
@@ -177,24 +243,40 @@ def build_parser(
     train.add_argument(
         "--size", type=_size, default=(80, 64), help="model input HxW (default 80x64)"
     )
-    train.add_argument("--latent-dim", type=int, default=16)
+    train.add_argument("--latent-dim", type=int, default=32)
+    train.add_argument(
+        "--filters", type=int, nargs=3, default=[32, 64, 128], help="conv filters per stage"
+    )
+    train.add_argument("--dense-units", type=int, default=256)
+    train.add_argument(
+        "--convs-per-stage", type=int, default=0, help="extra 3x3 convolutions per stage"
+    )
+    train.add_argument(
+        "--prior-init-scale", type=float, default=0.1, help="spread of the initial prior means"
+    )
     train.add_argument("--beta", type=float, default=1.0)
     train.add_argument(
-        "--guided",
+        "--category-prior",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="family prior means and an articleType head (default on; --no-guided for the paper's plain VAE)",
+        help="learned per-category prior means (label-supervised; default on). "
+        "--no-category-prior trains the paper's plain VAE",
     )
     train.add_argument(
-        "--prior-scale", type=float, default=10.0, help="family prior mean's distance from 0"
+        "--class-weight", type=float, default=30.0, help="weight of the category posterior's loss"
     )
-    train.add_argument(
-        "--article-weight", type=float, default=30.0, help="weight of the articleType loss"
-    )
+    train.add_argument("--min-subcategory-images", type=int, default=50)
+    train.add_argument("--min-component-images", type=int, default=20)
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mirror training images left-right at random (default on)",
+    )
     train.add_argument(
         "--run-dir", type=Path, required=True, help="checkpoints go here; rerun to resume"
     )
@@ -205,17 +287,24 @@ def build_parser(
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser(
-        "evaluate", help="reconstruction, clustering and retrieval metrics"
+        "evaluate",
+        help="whole-catalogue metrics, or the paper's protocol with --families; writes docs/results.*",
     )
     _add_data_arguments(evaluate)
     evaluate.add_argument("--models", type=Path, default=Path("models"))
     evaluate.add_argument("--version", type=int, default=None)
-    evaluate.add_argument("--ae-run", type=Path, default=None, help="run dir of the AE baseline")
     evaluate.add_argument(
-        "--plain-vae-run", type=Path, default=None, help="run dir of the unguided VAE"
+        "--baseline",
+        type=_baseline,
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="a trained baseline to evaluate on the same queries (repeatable), e.g. plain_vae=runs/plain-vae",
     )
     evaluate.add_argument("--docs", type=Path, default=Path("docs"))
+    evaluate.add_argument("--queries", type=int, default=3000, help="natural sample size")
     evaluate.add_argument("--queries-per-family", type=int, default=500)
+    evaluate.add_argument("--pairing-queries", type=int, default=1000)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(handler=cmd_evaluate)
 

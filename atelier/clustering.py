@@ -56,12 +56,25 @@ def from_centres(
     return Partition(partition.centres, partition.assign(vectors), names)
 
 
-def by_category(vectors: np.ndarray, categories: Sequence[str]) -> Partition:
-    """Catalogue categories as partitions; each centre is its category's mean code."""
-    categories = np.asarray(categories)
-    names = tuple(sorted(set(categories.tolist())))
-    labels = np.searchsorted(np.asarray(names), categories)
-    centres = np.stack(
-        [np.asarray(vectors, np.float64)[labels == i].mean(axis=0) for i in range(len(names))]
-    )
-    return Partition(centres.astype(np.float32), labels, names)
+def by_labels(
+    vectors: np.ndarray, labels: Sequence[str], names: Sequence[str] | None = None
+) -> Partition:
+    """Catalogue categories as partitions; each centre is its category's mean code.
+
+    `names` fixes the partitions and their order (every label must be among them); by default
+    they are the labels present, sorted.
+    """
+    labels = np.asarray(labels).astype(str)
+    names = tuple(names) if names is not None else tuple(sorted(set(labels.tolist())))
+    position = {name: index for index, name in enumerate(names)}
+    try:
+        index = np.array([position[label] for label in labels.tolist()], dtype=np.int64)
+    except KeyError as exc:
+        raise ValueError(f"label {exc.args[0]!r} is not one of the partitions") from None
+    vectors = np.asarray(vectors, np.float64)
+    dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    sums = np.zeros((len(names), dim))
+    np.add.at(sums, index, vectors)
+    counts = np.bincount(index, minlength=len(names))
+    centres = sums / np.maximum(counts, 1)[:, None]
+    return Partition(centres.astype(np.float32), index, names)

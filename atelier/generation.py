@@ -1,19 +1,64 @@
-"""Everything a query needs about one generation of codes, built from Redis: codes, partitions, indexes."""
+"""Everything a query needs about one generation of codes, built from Redis: codes, categories,
+partitions and indexes.
+
+Every item has a subCategory: the catalogue's label where it has one, else the one predicted from
+its code (atelier.categories). Searches run over one exact FAISS index per subCategory; a
+masterCategory is the union of its subCategories, and the whole catalogue the union of all. The
+k-means clusters (when KMEANS_K > 0) have their own index.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from atelier.clustering import Partition, by_category, fit_kmeans, from_centres
-from atelier.search import CodeSet, SearchIndex
+from atelier.categories import CategoryPredictor
+from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
+from atelier.search import CodeSet, SearchIndex, Where
 from atelier.store import CodeStore
 
 log = logging.getLogger(__name__)
 SPACES = ("mu", "z")
+SUB, MASTER, KMEANS = "sub_category", "master_category", "kmeans"
+PARTITIONINGS = (SUB, MASTER, KMEANS)
+PREDICTOR_STATE = "categories:sub_category"
+UNKNOWN = "Unknown"  # the subCategory of items with no label when nothing can be predicted
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """One way of cutting the catalogue: subCategories, masterCategories or k-means clusters.
+
+    Partition p of this partitioning is answered by searching `members[p]`, a list of the
+    index's own partitions.
+    """
+
+    name: str
+    by_space: dict[str, Partition]  # names, centres and each item's partition, per code space
+    index: SearchIndex
+    members: list[list[int]]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.by_space["mu"].names
+
+    def position(self, name: str) -> int | None:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class CategoryOf:
+    sub_category: str
+    master_category: str
+    confidence: float
+    from_label: bool
 
 
 @dataclass(frozen=True)
@@ -22,67 +67,224 @@ class Generation:
     codes: CodeSet
     metadata: list[dict[str, str]]
     row_of: dict[str, int]
-    kmeans: (
-        SearchIndex | None
-    )  # partitioned by k-means clusters (μ and z spaces); None if not asked for
-    categories: SearchIndex | None  # partitioned by catalogue category, when asked for
+    attributes: dict[str, np.ndarray]  # per row: sub_category, master_category, gender, ...
+    from_label: np.ndarray  # per row: is the subCategory the catalogue's label?
+    confidence: np.ndarray  # per row: 1 for labels, the prediction's probability otherwise
+    predictor: CategoryPredictor | None
+    master_of: dict[str, str]
+    sub_names: tuple[str, ...]
+    master_names: tuple[str, ...]
+    partitionings: dict[str, Partitioning]
     lower: np.ndarray  # per-dimension slider bounds from the catalogue's μ
     upper: np.ndarray
+    _slider_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def latent_dim(self) -> int:
         return int(self.codes.mu.shape[1])
 
+    def category_of_row(self, row: int) -> CategoryOf:
+        return CategoryOf(
+            str(self.attributes[SUB][row]),
+            str(self.attributes[MASTER][row]),
+            float(self.confidence[row]),
+            bool(self.from_label[row]),
+        )
+
+    def predict_category(self, vector: np.ndarray) -> CategoryOf:
+        """The category of a code with no label (a photo, a slider position)."""
+        if self.predictor is None:
+            return CategoryOf(UNKNOWN, "", 0.0, False)
+        prediction = self.predictor.predict(np.asarray(vector)[None])
+        sub = str(prediction.labels[0])
+        return CategoryOf(sub, self.master_of.get(sub, ""), float(prediction.confidence[0]), False)
+
+    def category_where(self, name: str) -> Where:
+        """The filter for a named category: a subCategory or a masterCategory."""
+        if name in self.sub_names:
+            return ((SUB, (name,)),)
+        if name in self.master_names:
+            return ((MASTER, (name,)),)
+        raise LookupError(
+            f"unknown category {name!r}; the catalogue has subCategories "
+            f"{', '.join(self.sub_names)} and masterCategories {', '.join(self.master_names)}"
+        )
+
+    def rows_of_category(self, name: str) -> np.ndarray:
+        ((attribute, values),) = self.category_where(name)
+        return np.flatnonzero(self.attributes[attribute] == values[0])
+
+    def category_counts(self) -> list[tuple[str, str, int]]:
+        """(subCategory, masterCategory, items) for every subCategory, largest first."""
+        subs, counts = np.unique(self.attributes[SUB], return_counts=True)
+        pairs = [
+            (str(s), self.master_of.get(str(s), ""), int(n))
+            for s, n in zip(subs, counts, strict=True)
+        ]
+        return sorted(pairs, key=lambda p: (-p[2], p[0]))
+
+    def slider_state(self, key: str, build):
+        """A per-generation cache for the decoder's slider bases (derived, never stored)."""
+        if key not in self._slider_cache:
+            self._slider_cache[key] = build()
+        return self._slider_cache[key]
+
+
+def _category_predictor(
+    store: CodeStore, version: int, mu: np.ndarray, subs: np.ndarray, labelled: np.ndarray
+) -> CategoryPredictor | None:
+    stored = store.derived_state(version, PREDICTOR_STATE)
+    if stored is None:
+        if len(set(subs[labelled].tolist())) < 2:
+            return None
+        started = time.perf_counter()
+        fitted = CategoryPredictor.fit(mu[labelled], subs[labelled])
+        log.info(
+            "generation %d: category predictor fitted on %d labelled items in %.1fs",
+            version,
+            int(labelled.sum()),
+            time.perf_counter() - started,
+        )
+        stored = store.save_derived_state(version, PREDICTOR_STATE, fitted.to_json())
+    return CategoryPredictor.from_json(stored)
+
+
+@dataclass(frozen=True)
+class Categories:
+    subs: np.ndarray  # every item's subCategory: its label, else predicted
+    masters: np.ndarray  # every item's masterCategory, the one its subCategory belongs to
+    from_label: np.ndarray
+    confidence: np.ndarray
+    master_of: dict[str, str]
+
+
+def categorise(
+    mu: np.ndarray,
+    subs: np.ndarray,
+    masters: np.ndarray,
+    predictor: CategoryPredictor | None,
+) -> Categories:
+    """Labels where the catalogue has them, predictions from the code elsewhere. A subCategory's
+    masterCategory is the one most of its labelled items name, so masterCategories are unions of
+    subCategories."""
+    subs = np.asarray(subs).astype(str).astype(object)
+    labelled = subs != ""
+    confidence = np.ones(len(subs))
+    if (~labelled).any():
+        if predictor is None:
+            subs[~labelled] = UNKNOWN
+            confidence[~labelled] = 0.0
+        else:
+            prediction = predictor.predict(np.asarray(mu)[~labelled])
+            subs[~labelled] = prediction.labels
+            confidence[~labelled] = prediction.confidence
+    votes: dict[str, Counter] = {}
+    for sub, master in zip(
+        subs[labelled].tolist(), np.asarray(masters)[labelled].tolist(), strict=True
+    ):
+        if master:
+            votes.setdefault(sub, Counter())[master] += 1
+    master_of = {sub: counter.most_common(1)[0][0] for sub, counter in votes.items()}
+    subs = subs.astype(str)
+    masters = np.array([master_of.get(s, UNKNOWN) for s in subs.tolist()], dtype=object).astype(str)
+    return Categories(subs, masters, labelled, confidence, master_of)
+
+
+def index_partitions(
+    codes: CodeSet,
+    attributes: dict[str, np.ndarray],
+    master_of: dict[str, str],
+    kmeans: dict[str, Partition] | None = None,
+) -> dict[str, Partitioning]:
+    """The subCategory and masterCategory partitionings over one exact index per subCategory,
+    and the k-means partitioning over its own index when centres are given."""
+    subs, masters = attributes[SUB], attributes[MASTER]
+    sub_names = tuple(sorted(set(subs.tolist())))
+    by_sub = {s: by_labels(codes.space(s), subs, sub_names) for s in SPACES}
+    category_index = SearchIndex(codes, by_sub, attributes)
+    master_names = tuple(sorted(set(masters.tolist())))
+    by_master = {s: by_labels(codes.space(s), masters, master_names) for s in SPACES}
+    partitionings = {
+        SUB: Partitioning(SUB, by_sub, category_index, [[i] for i in range(len(sub_names))]),
+        MASTER: Partitioning(
+            MASTER,
+            by_master,
+            category_index,
+            [
+                [i for i, sub in enumerate(sub_names) if master_of.get(sub, UNKNOWN) == master]
+                for master in master_names
+            ],
+        ),
+    }
+    if kmeans:
+        count = len(kmeans["mu"].centres)
+        partitionings[KMEANS] = Partitioning(
+            KMEANS, kmeans, SearchIndex(codes, kmeans, attributes), [[i] for i in range(count)]
+        )
+    return partitionings
+
 
 def build(
     store: CodeStore,
     version: int,
-    k: int = 3,
+    k: int = 0,
     seed: int = 0,
-    with_categories: bool = False,
     searchable: bool = True,
 ) -> Generation:
-    """Load a generation from Redis and index it. k-means centres are fitted once and kept in Redis."""
+    """Load a generation from Redis and index it. Derived state (the category predictor, k-means
+    centres) is computed once per generation and kept in Redis, so replicas agree."""
     started = time.perf_counter()
     matrix = store.load_codes(version)
     if not matrix.item_ids:
         raise LookupError(f"generation {version} holds no codes")
-    if searchable and len(matrix.item_ids) < k:
+    if searchable and k and len(matrix.item_ids) < k:
         raise LookupError(
             f"generation {version} holds {len(matrix.item_ids)} codes, fewer than k={k} clusters"
         )
-    categories = np.array([m.get("category", "") for m in matrix.metadata])
-    codes = CodeSet(matrix.item_ids, matrix.mu, matrix.sigma, matrix.z, categories)
-    partitions: dict[str, Partition] = {}
-    for space in SPACES if searchable else ():
-        vectors = codes.space(space)
-        stored = store.partition_centres(version, space, k)
-        if stored is None:
-            stored = store.save_partition_centres(
-                version, space, fit_kmeans(vectors, codes.item_ids, k, seed).centres
-            )
-        partitions[space] = from_centres(vectors, stored)
-    kmeans_index = SearchIndex(codes, partitions) if searchable else None
-    category_index = None
-    if with_categories:
-        category_index = SearchIndex(
-            codes, {s: by_category(codes.space(s), categories) for s in SPACES}
-        )
+    codes = CodeSet(matrix.item_ids, matrix.mu, matrix.sigma, matrix.z)
+    subs = np.array([m.get(SUB, "") for m in matrix.metadata], dtype=object).astype(str)
+    masters = np.array([m.get(MASTER, "") for m in matrix.metadata], dtype=object).astype(str)
+    predictor = _category_predictor(store, version, codes.mu, subs, subs != "")
+    categories = categorise(codes.mu, subs, masters, predictor)
+    genders = np.array([m.get("gender", "") for m in matrix.metadata], dtype=object).astype(str)
+    attributes = {SUB: categories.subs, MASTER: categories.masters, "gender": genders}
+    kmeans = None
+    if searchable and k:
+        kmeans = {}
+        for space in SPACES:
+            vectors = codes.space(space)
+            stored = store.partition_centres(version, space, k)
+            if stored is None:
+                stored = store.save_partition_centres(
+                    version, space, fit_kmeans(vectors, codes.item_ids, k, seed).centres
+                )
+            kmeans[space] = from_centres(vectors, stored)
+    partitionings = (
+        index_partitions(codes, attributes, categories.master_of, kmeans) if searchable else {}
+    )
     spread = codes.mu.std(axis=0)
     generation = Generation(
         version=version,
         codes=codes,
         metadata=matrix.metadata,
         row_of={item_id: row for row, item_id in enumerate(codes.item_ids)},
-        kmeans=kmeans_index,
-        categories=category_index,
+        attributes=attributes,
+        from_label=categories.from_label,
+        confidence=categories.confidence,
+        predictor=predictor,
+        master_of=categories.master_of,
+        sub_names=tuple(sorted(set(categories.subs.tolist()))),
+        master_names=tuple(sorted(set(categories.masters.tolist()))),
+        partitionings=partitionings,
         lower=(codes.mu.min(axis=0) - spread).astype(np.float32),
         upper=(codes.mu.max(axis=0) + spread).astype(np.float32),
     )
     log.info(
-        "generation %d: %d items indexed in %.1fs",
+        "generation %d: %d items (%d labelled) in %d subCategories, indexed in %.1fs",
         version,
         len(codes),
+        int(categories.from_label.sum()),
+        len(set(categories.subs.tolist())),
         time.perf_counter() - started,
     )
     return generation

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from atelier.catalogue import ImageError, decode_image, load_image_file, read_catalogue_csv
-from atelier.store import CodeStore, ItemRecord
+from atelier.store import METADATA_FIELDS, CodeStore, ItemRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,7 @@ class JobProgress:
 def entries_from_csv(csv_path: Path, image_dir: Path | None = None) -> list[dict[str, str]]:
     """Job entries (item id, image path and metadata) from a catalogue CSV."""
     return [
-        {
-            "item_id": item.item_id,
-            "image_ref": str(item.image_path),
-            "category": item.category,
-            "article_type": item.article_type,
-            "colour": item.colour,
-            "name": item.name,
-        }
+        {"item_id": item.item_id, "image_ref": str(item.image_path), **item.metadata()}
         for item in read_catalogue_csv(csv_path, image_dir)
     ]
 
@@ -238,24 +231,10 @@ def submit_or_fail(
         raise QueueUnavailable(str(exc)) from exc
 
 
-def normalise_entry(
-    item_id: str,
-    category: str,
-    article_type: str,
-    colour: str,
-    name: str,
-    image_ref: str,
-    image: bytes,
-) -> dict:
-    """One job entry from a request's fields; articleType falls back to the category."""
-    entry: dict = {
-        "item_id": item_id,
-        "category": category,
-        "article_type": article_type or category,
-        "colour": colour,
-        "name": name,
-        "image_ref": image_ref,
-    }
+def normalise_entry(item_id: str, metadata: dict[str, str], image_ref: str, image: bytes) -> dict:
+    """One job entry from a request's fields: the store's metadata fields, the image or its ref."""
+    entry: dict = {"item_id": item_id, "image_ref": image_ref}
+    entry.update({k: metadata.get(k, "") for k in METADATA_FIELDS if k != "image_ref"})
     if image:
         entry["image"] = image
     return entry

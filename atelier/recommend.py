@@ -1,16 +1,42 @@
-"""Cross-category recommendation by latent arithmetic (the paper's eq. 3).
+"""Complete the look by latent arithmetic (the paper's eq. 3), over any partitioning.
 
-For a query in partition i: the most similar items in i, and for every other partition j the
-items of j nearest to z + (centre_j − centre_i), ranked by any search method.
+For a query in partition i: the most similar items in i, and for every target partition j the
+items of j nearest to z + (centre_j − centre_i), ranked by any search method. Centres are the
+partitions' mean codes in the method's space (subCategory means by default).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from atelier.search import SearchIndex, query_space
+from atelier.generation import Partitioning
+from atelier.search import Where, query_space
+
+UNISEX = "Unisex"
+
+
+def allowed_genders(gender: str) -> tuple[str, ...] | None:
+    """The pairing rule: the same gender, Unisex, or unknown; None when anything goes (the query
+    is Unisex or has no gender)."""
+    if not gender or gender == UNISEX:
+        return None
+    return (gender, UNISEX, "")
+
+
+def gender_rule(gender: str) -> Where:
+    allowed = allowed_genders(gender)
+    return () if allowed is None else (("gender", allowed),)
+
+
+def genders_compatible(gender: str, item_genders: np.ndarray) -> np.ndarray:
+    """Per item: does it pass the pairing rule for a query of this gender?"""
+    allowed = allowed_genders(gender)
+    if allowed is None:
+        return np.ones(len(item_genders), bool)
+    return np.isin(np.asarray(item_genders).astype(str), allowed)
 
 
 @dataclass(frozen=True)
@@ -21,17 +47,32 @@ class Recommendation:
 
 
 def recommend(
-    index: SearchIndex, method: str, query: np.ndarray, k: int, exclude_row: int | None = None
+    partitioning: Partitioning,
+    method: str,
+    query: np.ndarray,
+    k: int,
+    home: int,
+    targets: Sequence[int] | None = None,
+    pairing_where: Where = (),
+    exclude_row: int | None = None,
 ) -> Recommendation:
-    partition = index.partitions[query_space(method)]
+    """Similar items in `home`, and eq. 3 pairings in each target (every other partition by
+    default, largest first). Pairings pass `pairing_where`; a target with none is left out."""
+    centres = partitioning.by_space[query_space(method)].centres.astype(np.float64)
+    index = partitioning.index
     query = np.asarray(query, dtype=np.float64)
-    home = int(partition.assign(query)[0])
-    similar = index.search(method, query, k, [home], exclude_row=exclude_row)
+    similar = index.search(method, query, k, partitioning.members[home], exclude_row=exclude_row)
+    if targets is None:
+        sizes = np.bincount(partitioning.by_space["mu"].labels, minlength=len(centres))
+        targets = [int(p) for p in np.argsort(-sizes, kind="stable")]
     pairings = {}
-    for other in range(len(partition.centres)):
-        if other != home:
-            shifted = query + (
-                partition.centres[other].astype(np.float64) - partition.centres[home]
-            )
-            pairings[other] = index.search(method, shifted, k, [other], exclude_row=exclude_row)
+    for other in targets:
+        if other == home:
+            continue
+        shifted = query + (centres[other] - centres[home])
+        rows, scores = index.search(
+            method, shifted, k, partitioning.members[other], pairing_where, exclude_row
+        )
+        if len(rows):
+            pairings[other] = (rows, scores)
     return Recommendation(home, similar, pairings)

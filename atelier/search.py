@@ -16,7 +16,7 @@ gap at the margin, which the tests check never happens on real codes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -33,6 +33,12 @@ def query_space(method: str) -> str:
     return "z" if method == "fixed_eps" else "mu"
 
 
+# A conjunction of attribute conditions: ((attribute, allowed values), ...), e.g.
+# (("sub_category", ("Shoes",)), ("gender", ("Men", "Unisex"))). Hashable, so selectors are cached.
+Where = tuple[tuple[str, tuple[str, ...]], ...]
+MAX_CACHED_SELECTORS = 4096
+
+
 @dataclass(frozen=True)
 class CodeSet:
     """A generation's codes, row-aligned; rows are in item-id order, which is also the tie-break."""
@@ -41,7 +47,6 @@ class CodeSet:
     mu: np.ndarray
     sigma: np.ndarray
     z: np.ndarray
-    categories: np.ndarray
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -84,8 +89,6 @@ class _PartitionIndex:
     rows: np.ndarray  # global rows of this partition's members, ascending
     index: faiss.Index
     shift: np.ndarray | None  # loglik: the members' mean μ, subtracted from z and μ
-    by_category: dict[str, faiss.IDSelectorBatch] = field(default_factory=dict)
-    category_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _method_vectors(
@@ -116,20 +119,25 @@ def _query_vector(method: str, query: np.ndarray, shift: np.ndarray | None) -> n
 
 
 class SearchIndex:
-    """All methods over one generation, partitioned by the μ-space and z-space partitions."""
+    """All methods over one generation, partitioned by the μ-space and z-space partitions.
+
+    `attributes` are per-row labels (subCategory, gender, ...) that a search can filter on.
+    """
 
     def __init__(
         self,
         codes: CodeSet,
         partitions: dict[str, Partition],
+        attributes: dict[str, np.ndarray] | None = None,
         methods: Sequence[str] = METHODS,
         margin: int = 32,
     ):
         self.codes = codes
         self.partitions = partitions
+        self.attributes = {k: np.asarray(v).astype(str) for k, v in (attributes or {}).items()}
         self.margin = margin
         self._indexes: dict[str, list[_PartitionIndex]] = {}
-        self._categories = set(codes.categories.tolist())
+        self._selectors: dict[tuple[str, int, Where], tuple[faiss.IDSelector | None, int]] = {}
         for method in methods:
             partition = partitions[query_space(method)]
             parts = []
@@ -146,16 +154,27 @@ class SearchIndex:
     def methods(self) -> tuple[str, ...]:
         return tuple(self._indexes)
 
+    def matches(self, rows: np.ndarray, where: Where) -> np.ndarray:
+        """Which of the given rows pass every condition."""
+        keep = np.ones(len(rows), bool)
+        for attribute, values in where:
+            if attribute not in self.attributes:
+                raise ValueError(f"cannot filter on {attribute!r}; have {sorted(self.attributes)}")
+            keep &= np.isin(self.attributes[attribute][rows], np.asarray(values, dtype=str))
+        return keep
+
     def _selector(
-        self, part: _PartitionIndex, category: str
-    ) -> tuple[faiss.IDSelectorBatch | None, int]:
-        if category not in self._categories:
-            return None, 0  # never cache selectors for names the catalogue does not have
-        if category not in part.by_category:
-            local = np.flatnonzero(self.codes.categories[part.rows] == category).astype(np.int64)
-            part.category_rows[category] = local
-            part.by_category[category] = faiss.IDSelectorBatch(local)
-        return part.by_category[category], len(part.category_rows[category])
+        self, method: str, label: int, part: _PartitionIndex, where: Where
+    ) -> tuple[faiss.IDSelector | None, int]:
+        key = (method, label, where)
+        cached = self._selectors.get(key)
+        if cached is None:
+            local = np.flatnonzero(self.matches(part.rows, where)).astype(np.int64)
+            selector = faiss.IDSelectorBatch(local) if len(local) else None
+            if len(self._selectors) >= MAX_CACHED_SELECTORS:
+                self._selectors.clear()  # filters come from a small vocabulary; this rarely runs
+            cached = self._selectors[key] = (selector, len(local))
+        return cached
 
     def search(
         self,
@@ -163,10 +182,11 @@ class SearchIndex:
         query: np.ndarray,
         k: int,
         partitions_to_search: Sequence[int] | None = None,
-        category: str | None = None,
+        where: Where = (),
         exclude_row: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores of the top k within the given partitions (all when None)."""
+        """Rows and scores of the top k within the given partitions (all when None) that pass
+        every condition of `where`."""
         if method not in self._indexes:
             raise ValueError(f"unknown method {method!r}; choose from {self.methods}")
         if not 1 <= k <= MAX_K:
@@ -182,8 +202,8 @@ class SearchIndex:
             part = parts[label]
             params = None
             available = part.index.ntotal
-            if category is not None:
-                selector, available = self._selector(part, category)
+            if where:
+                selector, available = self._selector(method, int(label), part, where)
                 if available:
                     params = faiss.SearchParameters(sel=selector)
             if available == 0:

@@ -6,7 +6,8 @@ Keys (prefix `atelier:`):
     served                        string the served model version (the generation pointer)
     gen:{v}:items                 set    item ids encoded under version v
     gen:{v}:item:{id}             hash   mu, sigma, z (packed little-endian float32) + catalogue metadata
-    gen:{v}:index                 hash   derived search state for v (k-means centres, ...), see retrieval
+    gen:{v}:index                 hash   derived state for v, written once by the first replica that
+                                         needs it: k-means centres, the category predictor
     job:{id}                      hash   job definition and timestamps
     job:{id}:pending              list   the job's item ids in submission order (what gets queued)
     job:{id}:entry:{item}         hash   what to encode: image_ref or inline image, plus metadata
@@ -29,7 +30,17 @@ import redis
 
 PREFIX = "atelier:"
 GENERATION_CHANNEL = PREFIX + "generation"
-METADATA_FIELDS = ("category", "article_type", "colour", "name", "image_ref")
+METADATA_FIELDS = (
+    "article_type",
+    "sub_category",
+    "master_category",
+    "gender",
+    "usage",
+    "season",
+    "colour",
+    "name",
+    "image_ref",
+)
 
 
 def pack(vector: np.ndarray) -> bytes:
@@ -213,6 +224,17 @@ class CodeStore:
         assert stored is not None
         return stored
 
+    def derived_state(self, version: int, name: str) -> bytes | None:
+        """A piece of state derived from a generation (see `save_derived_state`)."""
+        return self.redis.hget(f"{PREFIX}gen:{version}:index", name)
+
+    def save_derived_state(self, version: int, name: str, value: bytes | str) -> bytes:
+        """Keep derived state once per generation; the first writer wins, so replicas agree."""
+        self.redis.hsetnx(f"{PREFIX}gen:{version}:index", name, value)
+        stored = self.derived_state(version, name)
+        assert stored is not None
+        return stored
+
     def random_item_id(self, version: int) -> str | None:
         value = self.redis.srandmember(f"{PREFIX}gen:{version}:items")
         return value.decode() if value else None
@@ -317,12 +339,16 @@ class CodeStore:
 
 
 def _record(item_id: str, data: dict[bytes, bytes]) -> ItemRecord:
+    metadata = {k: data.get(k.encode(), b"").decode() for k in METADATA_FIELDS}
+    if not metadata["sub_category"] and b"category" in data:
+        # Written by the first version, whose only category field held the subCategory.
+        metadata["sub_category"] = data[b"category"].decode()
     return ItemRecord(
         item_id=item_id,
         mu=unpack(data[b"mu"]),
         sigma=unpack(data[b"sigma"]),
         z=unpack(data[b"z"]),
-        metadata={k: data.get(k.encode(), b"").decode() for k in METADATA_FIELDS},
+        metadata=metadata,
     )
 
 

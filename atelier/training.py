@@ -24,6 +24,9 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     seed: int = 0
+    # Mirror each training image left-right with probability ½: a product's mirror image is the
+    # same product, so the codes learn what does not depend on which way it faces.
+    flip: bool = False
 
 
 @dataclass
@@ -34,22 +37,19 @@ class TrainingResult:
     history: list[dict[str, float]]
 
 
-def encode_labels(values: np.ndarray, vocabulary: tuple[str, ...]) -> np.ndarray:
-    """Index of each label in the vocabulary; labels outside it map to -1 (training refuses those)."""
-    lookup = {label: index for index, label in enumerate(vocabulary)}
-    return np.array([lookup.get(v, -1) for v in values], dtype=np.int32)
-
-
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
     images: np.ndarray,
-    families: np.ndarray,
-    article_types: np.ndarray,
+    components: np.ndarray | None,
     run_dir: Path,
     progress: bool = True,
 ) -> TrainingResult:
-    """Train (or resume training of) a model on images in [0, 1], checkpointing every epoch."""
+    """Train (or resume training of) a model on images in [0, 1], checkpointing every epoch.
+
+    `components` holds each image's prior component (category-prior models; every one must be
+    in the model's taxonomy).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(train_config.seed)
@@ -65,7 +65,7 @@ def train(
         decoder=model.decoder,
         optimizer=optimizer,
         epoch=epoch_counter,
-        **({"article_head": model.article_head} if model.article_head is not None else {}),
+        **({"prior_means": model.prior_means} if model.prior_means is not None else {}),
     )
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
     config_path = run_dir / "config.json"
@@ -80,28 +80,28 @@ def train(
         log.info("resumed from %s at epoch %d", manager.latest_checkpoint, int(epoch_counter))
     config_path.write_text(json.dumps(wanted, indent=2))
 
-    family_index = encode_labels(families, model_config.families)
-    article_index = encode_labels(article_types, model_config.article_types)
-    has_articles = bool(model_config.article_types)
+    if model_config.category_prior:
+        if components is None or len(components) != len(images):
+            raise ValueError("the category prior needs every training image's component")
+        if (components < 0).any() or (components >= len(model_config.components)).any():
+            raise ValueError("every training image needs a component of the model's taxonomy")
+        component_index = np.asarray(components, np.int32)
+    else:
+        component_index = np.zeros(len(images), np.int32)
+    with_prior = model_config.category_prior
+
+    flip = train_config.flip
 
     @tf.function(reduce_retracing=True)
-    def train_step(batch, batch_family, batch_article):
+    def train_step(batch, batch_component):
+        if flip:
+            mirrored = tf.random.uniform([tf.shape(batch)[0], 1, 1, 1]) < 0.5
+            batch = tf.where(mirrored, tf.reverse(batch, axis=[2]), batch)
         with tf.GradientTape() as tape:
-            losses = model.losses(
-                batch,
-                family_index=tf.maximum(batch_family, 0),
-                article_index=tf.maximum(batch_article, 0) if has_articles else None,
-            )
+            losses = model.losses(batch, component=batch_component if with_prior else None)
         gradients = tape.gradient(losses["loss"], model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return losses
-
-    if model_config.guided and (family_index < 0).any():
-        raise ValueError("guided training needs every training item's family in the vocabulary")
-    if has_articles and (article_index < 0).any():
-        raise ValueError(
-            "articleType head needs every training item's articleType in the vocabulary"
-        )
 
     history: list[dict[str, float]] = []
     history_path = run_dir / "history.json"
@@ -125,15 +125,11 @@ def train(
         )
         for start in bar:
             index = order[start : start + train_config.batch_size]
-            losses = train_step(
-                tf.constant(images[index]),
-                tf.constant(family_index[index]),
-                tf.constant(article_index[index]),
-            )
+            losses = train_step(tf.constant(images[index]), tf.constant(component_index[index]))
             steps += 1
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-            bar.set_postfix({k: f"{v / steps:.1f}" for k, v in sums.items() if k != "article"})
+            bar.set_postfix({k: f"{v / steps:.2f}" for k, v in sums.items()})
         means = {k: v / max(steps, 1) for k, v in sums.items()}
         means["epoch"] = epoch + 1
         means["seconds"] = round(time.perf_counter() - started, 1)
@@ -142,13 +138,13 @@ def train(
         manager.save()
         history_path.write_text(json.dumps(history, indent=1))
         log.info(
-            "epoch %d/%d loss %.1f recon %.1f kl %.2f article %.3f (%.0fs)",
+            "epoch %d/%d loss %.1f recon %.1f kl %.2f class %.3f (%.0fs)",
             epoch + 1,
             train_config.epochs,
             means["loss"],
             means["recon"],
             means["kl"],
-            means["article"],
+            means["class"],
             means["seconds"],
         )
     elapsed = time.perf_counter() - run_started

@@ -18,14 +18,17 @@ class ModelConfig:
     latent_dim: int = 16
     filters: tuple[int, int, int] = (32, 64, 128)
     dense_units: int = 256
+    # 3x3 convolutions added after each stride-2 stage, in the encoder and the decoder alike.
+    convs_per_stage: int = 0
     beta: float = 1.0
     variational: bool = True
-    # Label guidance (0 disables each): the prior for an item of family c is N(prior_scale·e_c, I)
-    # instead of N(0, I), and a linear head on z_mean predicts the articleType.
-    prior_scale: float = 0.0
-    families: tuple[str, ...] = ()
-    article_types: tuple[str, ...] = ()
-    article_weight: float = 0.0
+    # The category prior (label-supervised training; encoding never needs a label). An item of
+    # component c has the prior N(m_c, I) instead of N(0, I); the means m_c are learned with the
+    # networks, and the mixture's posterior p(c | μ) ∝ N(μ; m_c, I) is trained to name the item's
+    # component with weight `class_weight`. Empty `components` is the paper's plain VAE.
+    components: tuple[tuple[str, str, str], ...] = ()
+    class_weight: float = 0.0
+    prior_init_scale: float = 0.1
 
     def __post_init__(self) -> None:
         height, width = self.image_size
@@ -33,8 +36,8 @@ class ModelConfig:
             raise ValueError(
                 f"image size {self.image_size} must be divisible by 8 (3 stride-2 convs)"
             )
-        if self.prior_scale and len(self.families) > self.latent_dim:
-            raise ValueError("a guided prior needs latent_dim >= number of families")
+        if self.components and not self.variational:
+            raise ValueError("the category prior needs a variational model")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,21 +45,16 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("image_size", "filters", "families", "article_types"):
+        for key in ("image_size", "filters"):
             if key in known:
                 known[key] = tuple(known[key])
+        if "components" in known:
+            known["components"] = tuple(tuple(c) for c in known["components"])
         return cls(**known)
 
     @property
-    def guided(self) -> bool:
-        return bool(self.prior_scale and self.families)
-
-    def prior_means(self) -> np.ndarray:
-        """(n_families, latent_dim): family c's prior mean is prior_scale along axis c."""
-        means = np.zeros((max(len(self.families), 1), self.latent_dim), np.float32)
-        for index in range(len(self.families)):
-            means[index, index] = self.prior_scale
-        return means
+    def category_prior(self) -> bool:
+        return bool(self.components)
 
 
 class Sampling(layers.Layer):
@@ -78,6 +76,8 @@ def build_encoder(config: ModelConfig) -> keras.Model:
     x = images
     for filters in config.filters:
         x = layers.Conv2D(filters, 4, strides=2, padding="same", activation="relu")(x)
+        for _ in range(config.convs_per_stage):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     x = layers.Flatten()(x)
     x = layers.Dense(config.dense_units, activation="relu")(x)
     z_mean = layers.Dense(config.latent_dim, name="z_mean")(x)
@@ -96,6 +96,8 @@ def build_decoder(config: ModelConfig) -> keras.Model:
     x = layers.Reshape(bottom)(x)
     for filters in reversed(config.filters[:-1]):
         x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", activation="relu")(x)
+        for _ in range(config.convs_per_stage):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     images = layers.Conv2DTranspose(
         3, 4, strides=2, padding="same", activation="sigmoid", name="images"
     )(x)
@@ -108,33 +110,50 @@ def pixel_bce(target, predicted, eps: float = 1e-6):
     return -(target * tf.math.log(predicted) + (1.0 - target) * tf.math.log(1.0 - predicted))
 
 
+def gaussian_kl(z_mean, z_log_var, prior_mean=0.0):
+    """KL(N(z_mean, exp(z_log_var)) || N(prior_mean, I)) per row, summed over dimensions."""
+    return tf.reduce_sum(
+        0.5 * (tf.exp(z_log_var) + tf.square(z_mean - prior_mean) - 1.0 - z_log_var), axis=1
+    )
+
+
+def mixture_logits(z_mean, prior_means):
+    """log N(μ; m_c, I) up to a constant shared by every component: the posterior's logits."""
+    return -0.5 * tf.reduce_sum(tf.square(z_mean[:, None, :] - prior_means[None]), axis=2)
+
+
 @dataclass
 class Autoencoder:
-    """Encoder, decoder and (for guided models) the articleType head, built from one config."""
+    """Encoder, decoder and (for the category prior) the learned component means, from one config."""
 
     config: ModelConfig
     encoder: keras.Model = field(init=False)
     decoder: keras.Model = field(init=False)
-    article_head: keras.layers.Dense | None = field(init=False, default=None)
+    prior_means: tf.Variable | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.encoder = build_encoder(self.config)
         self.decoder = build_decoder(self.config)
-        if self.config.article_weight and self.config.article_types:
-            self.article_head = layers.Dense(len(self.config.article_types), name="article_head")
-            self.article_head.build((None, self.config.latent_dim))
+        if self.config.category_prior:
+            initial = np.random.default_rng(0).normal(
+                scale=self.config.prior_init_scale,
+                size=(len(self.config.components), self.config.latent_dim),
+            )
+            self.prior_means = tf.Variable(initial.astype(np.float32), name="prior_means")
         self.sampling = Sampling()
-        self.prior_means = tf.constant(self.config.prior_means())
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:
         variables = list(self.encoder.trainable_variables) + list(self.decoder.trainable_variables)
-        if self.article_head is not None:
-            variables += list(self.article_head.trainable_variables)
+        if self.prior_means is not None:
+            variables.append(self.prior_means)
         return variables
 
-    def losses(self, images, family_index=None, article_index=None, training: bool = True) -> dict:
-        """Per-batch mean losses: reconstruction (BCE summed over pixels), KL, articleType CE."""
+    def losses(self, images, component=None, training: bool = True) -> dict:
+        """Per-batch mean losses: reconstruction (BCE summed over pixels), KL, component CE.
+
+        `component` is each item's prior component (category-prior models only).
+        """
         if self.config.variational:
             z_mean, z_log_var = self.encoder(images, training=training)
             z = self.sampling([z_mean, z_log_var]) if training else z_mean
@@ -145,21 +164,16 @@ class Autoencoder:
         reconstruction = self.decoder(z, training=training)
         recon = tf.reduce_mean(tf.reduce_sum(pixel_bce(images, reconstruction), axis=(1, 2, 3)))
         kl = tf.constant(0.0)
+        classification = tf.constant(0.0)
         if z_log_var is not None:
             prior_mean = 0.0
-            if self.config.guided and family_index is not None:
-                prior_mean = tf.gather(self.prior_means, family_index)
-            kl = tf.reduce_mean(
-                tf.reduce_sum(
-                    0.5 * (tf.exp(z_log_var) + tf.square(z_mean - prior_mean) - 1.0 - z_log_var),
-                    axis=1,
+            if self.prior_means is not None and component is not None:
+                prior_mean = tf.gather(self.prior_means, component)
+                classification = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=component, logits=mixture_logits(z_mean, self.prior_means)
+                    )
                 )
-            )
-        article = tf.constant(0.0)
-        if self.article_head is not None and article_index is not None:
-            logits = self.article_head(z_mean)
-            article = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=article_index, logits=logits)
-            )
-        total = recon + self.config.beta * kl + self.config.article_weight * article
-        return {"loss": total, "recon": recon, "kl": kl, "article": article}
+            kl = tf.reduce_mean(gaussian_kl(z_mean, z_log_var, prior_mean))
+        total = recon + self.config.beta * kl + self.config.class_weight * classification
+        return {"loss": total, "recon": recon, "kl": kl, "class": classification}

@@ -21,15 +21,25 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
     from services.common.client import follow_job
 
-    if args.skip_if_served and CodeStore.from_url(args.redis).served_version() is not None:
-        print("a generation is already served; nothing to do")
+    version = args.version
+    if version == "latest":
+        from atelier.modelstore import model_versions
+
+        versions = model_versions(args.models)
+        if not versions:
+            print(f"error: no exported model versions under {args.models}", file=sys.stderr)
+            return 2
+        version = versions[-1]
+    served = CodeStore.from_url(args.redis).served_version() if args.skip_if_served else None
+    if served is not None and (not version or served == version):
+        print(f"generation {served} is already served; nothing to do")
         return 0
     with grpc.insecure_channel(args.encoder) as channel:
         stub = encoder_pb2_grpc.EncoderServiceStub(channel)
         request = encoder_pb2.SubmitCatalogueRequest(
             csv_path=str(args.catalogue.resolve()),
             image_dir=str(args.images.resolve()) if args.images else "",
-            model_version=args.version,
+            model_version=int(version),
         )
         try:
             job = stub.SubmitCatalogue(request, timeout=120)
@@ -100,9 +110,18 @@ def _print_items(title: str, items) -> None:
     for rank, result in enumerate(items, 1):
         item = result.item
         print(
-            f"  {rank:>3}. {item.item_id:>8}  {result.score:>10.4f}  cluster {result.cluster}  "
-            f"{item.category}/{item.article_type}  {item.name}"
+            f"  {rank:>3}. {item.item_id:>8}  {result.score:>10.4f}  {result.partition:<14} "
+            f"{item.article_type:<16} {item.gender:<7} {item.name}"
         )
+
+
+def _describe_category(category) -> str:
+    if category.from_label:
+        return f"{category.master_category}/{category.sub_category} (catalogue label)"
+    return (
+        f"{category.master_category}/{category.sub_category} "
+        f"(predicted, confidence {category.confidence:.2f})"
+    )
 
 
 def _run_client(action) -> int:
@@ -123,9 +142,11 @@ def cmd_similar(args: argparse.Namespace) -> int:
         reply = _client(args).search(
             _query(args), args.method, args.scope, args.k, args.category or "", args.nprobe
         )
+        searched = ", ".join(reply.searched) or "the whole catalogue"
+        print(f"query category: {_describe_category(reply.query_category)}")
         _print_items(
-            f"{len(reply.results)} items like it (query cluster {reply.query_cluster}, "
-            f"model version {reply.model_version}, {args.method}):",
+            f"{len(reply.results)} items like it in {searched} "
+            f"(model version {reply.model_version}, {args.method}):",
             reply.results,
         )
         return 0
@@ -135,7 +156,18 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     def action() -> int:
-        reply = _client(args).recommend(_query(args), args.method, args.partition, args.k)
+        reply = _client(args).recommend(
+            _query(args),
+            args.method,
+            args.partition,
+            args.k,
+            args.targets.split(",") if args.targets else (),
+            args.match_gender,
+            args.gender or "",
+        )
+        print(f"query category: {_describe_category(reply.query_category)}")
+        if reply.matched_gender:
+            print(f"pairings matched to gender {reply.matched_gender} (--no-match-gender: off)")
         _print_items(f"similar, in {reply.similar.partition}:", reply.similar.items)
         for pairing in reply.pairings:
             _print_items(
@@ -155,7 +187,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
             start = client.random_start(args.category or "", args.seed)
             vector = list(start.code.mu)
             print(
-                f"starting from item {start.item.item_id} ({start.item.category}/{start.item.article_type})"
+                f"starting from item {start.item.item_id} "
+                f"({start.item.sub_category}/{start.item.article_type}: {start.item.name})"
             )
             print("code: " + ",".join(f"{v:.4f}" for v in vector))
         if args.dimension is None:
@@ -178,6 +211,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
         return 0
 
     return _run_client(action)
+
+
+def _version(text: str) -> int | str:
+    if text == "latest":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a version is a number or 'latest', got {text!r}"
+        ) from None
 
 
 def _add_client_arguments(parser: argparse.ArgumentParser, query: bool = True) -> None:
@@ -206,14 +250,20 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     encode.add_argument("--catalogue", type=Path, required=True)
     encode.add_argument("--images", type=Path, default=None)
     encode.add_argument(
-        "--version", type=int, default=0, help="model version (default: the served one)"
+        "--version",
+        type=_version,
+        default=0,
+        help="model version, or 'latest' for the newest under --models (default: the served one)",
     )
+    encode.add_argument("--models", type=Path, default=Path(os.environ.get("MODELS_DIR", "models")))
     encode.add_argument("--encoder", default=os.environ.get("ENCODER_ADDR", "127.0.0.1:50051"))
     encode.add_argument(
         "--serve", action="store_true", help="serve this generation once it is complete"
     )
     encode.add_argument(
-        "--skip-if-served", action="store_true", help="do nothing if a generation is already served"
+        "--skip-if-served",
+        action="store_true",
+        help="do nothing if this version's generation is served (without --version: if any is)",
     )
     encode.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     encode.set_defaults(handler=cmd_encode)
@@ -232,16 +282,38 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
         "similar", help="catalogue items most like an item, a photo or a code"
     )
     _add_client_arguments(similar)
-    similar.add_argument("--scope", default="cluster", choices=("cluster", "catalogue"))
-    similar.add_argument("--category", default=None, help="only items of this category")
+    similar.add_argument(
+        "--scope",
+        default="sub_category",
+        choices=("sub_category", "master_category", "catalogue", "cluster"),
+        help="the query's own subCategory (default) or masterCategory, the whole catalogue, "
+        "or its k-means cluster",
+    )
+    similar.add_argument(
+        "--category", default=None, help="only items of this subCategory or masterCategory"
+    )
     similar.add_argument("--nprobe", type=int, default=1, help="clusters to search (cluster scope)")
     similar.set_defaults(handler=cmd_similar)
 
     recommend = commands.add_parser(
-        "recommend", help="similar items plus pairings from the other clusters"
+        "recommend", help="complete the look: similar items plus pairings from other categories"
     )
     _add_client_arguments(recommend)
-    recommend.add_argument("--partition", default="kmeans", choices=("kmeans", "category"))
+    recommend.add_argument(
+        "--partition",
+        default="sub_category",
+        choices=("sub_category", "master_category", "kmeans"),
+    )
+    recommend.add_argument(
+        "--targets", default=None, help="comma-separated categories to pair with (default: all)"
+    )
+    recommend.add_argument(
+        "--match-gender",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pair only items whose gender suits the query's (default on)",
+    )
+    recommend.add_argument("--gender", default=None, help="the gender of a code or photo query")
     recommend.set_defaults(handler=cmd_recommend)
 
     decode = commands.add_parser(
@@ -251,7 +323,9 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     decode.add_argument(
         "--code", default=None, help="latent vector, comma-separated (default: RandomStart)"
     )
-    decode.add_argument("--category", default=None, help="RandomStart from this category")
+    decode.add_argument(
+        "--category", default=None, help="RandomStart from this subCategory or masterCategory"
+    )
     decode.add_argument("--seed", type=int, default=None)
     decode.add_argument(
         "--dimension", type=int, default=None, help="traverse this dimension instead"

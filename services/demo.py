@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from atelier.catalogue import read_catalogue_csv
+from atelier.modelstore import model_versions
 from atelier.store import CodeStore
 from atelier.v1 import encoder_pb2
 from services.common.client import Addresses, AtelierClient, follow_job
@@ -56,18 +57,25 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def encode_if_needed(client: AtelierClient, store: CodeStore, csv_path: Path) -> int:
+def encode_if_needed(client: AtelierClient, store: CodeStore, csv_path: Path, version: int) -> int:
+    """Serve the catalogue under model `version`: reuse its generation if it holds every item,
+    else encode through the queue and switch to it (a roll-out, when an older one is served)."""
     wanted = {item.item_id for item in read_catalogue_csv(csv_path)}
     served = store.served_version()
-    if served is not None and wanted <= set(store.item_ids(served)):
+    if served == version and wanted <= set(store.item_ids(version)):
         print(
             f"reusing the encoded catalogue: generation {served} already holds all {len(wanted)} items"
         )
         return served
+    if served is not None:
+        print(
+            f"rolling out model version {version} (generation {served} is served until it is ready)"
+        )
     job = client.encoder.SubmitCatalogue(
-        encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path.resolve())), timeout=120
+        encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path.resolve()), model_version=version),
+        timeout=120,
     )
-    job = follow_job(client.encoder, job, "encoding the catalogue")
+    job = follow_job(client.encoder, job, f"encoding the catalogue under model version {version}")
     for failure in job.failures:
         print(f"  skipped {failure.item_id}: {failure.reason}")
     if not job.done:
@@ -129,7 +137,10 @@ def main() -> int:
         )
         client = AtelierClient(addresses, timeout=30)
         store = CodeStore.from_url(suite.env["REDIS_URL"])
-        version = encode_if_needed(client, store, args.catalogue)
+        versions = model_versions(args.models)
+        if not versions:
+            raise SystemExit(f"no exported model under {args.models}")
+        version = encode_if_needed(client, store, args.catalogue, versions[-1])
         print("starting the decoder, retrieval and recommender services ...")
         for name in ("decoder", "retrieval", "recommender"):
             suite.start_service(name, timeout=600)
@@ -160,7 +171,7 @@ Try, in another terminal:
          REDIS_URL={suite.env["REDIS_URL"]}
   .venv/bin/atelier similar --item {example.item_id if example else "ID"} --method loglik
   .venv/bin/atelier recommend --image {example.metadata.get("image_ref") if example else "photo.jpg"}
-  .venv/bin/atelier decode --category Footwear -o shoe.png
+  .venv/bin/atelier decode --category Shoes -o shoe.png
   .venv/bin/atelier generations list
   grpcurl -plaintext {suite.env["RETRIEVAL_ADDR"]} list
 

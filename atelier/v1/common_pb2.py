@@ -24,31 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61telier/v1/common.proto\x12\natelier.v1\"2\n\nLatentCode\x12\n\n\x02mu\x18\x01 \x03(\x02\x12\r\n\x05sigma\x18\x02 \x03(\x02\x12\t\n\x01z\x18\x03 \x03(\x02\"p\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x14\n\x0c\x61rticle_type\x18\x03 \x01(\t\x12\x0e\n\x06\x63olour\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x11\n\timage_ref\x18\x06 \x01(\t\"\x82\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x12\n\nlatent_dim\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12\x13\n\x0bimage_width\x18\x04 \x01(\x05\x12\x11\n\tdata_hash\x18\x05 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x06 \x03(\x02\".\n\x0bItemFailure\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x85\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.atelier.v1.JobState\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x18\n\x10items_per_second\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12)\n\x08\x66\x61ilures\x18\t \x03(\x0b\x32\x17.atelier.v1.ItemFailure\x12\x14\n\x0c\x63reated_unix\x18\n \x01(\x01\x12\x15\n\rfinished_unix\x18\x0b \x01(\x01\"a\n\x05Query\x12*\n\x06vector\x18\x01 \x01(\x0b\x32\x18.atelier.v1.LatentVectorH\x00\x12\x11\n\x07item_id\x18\x02 \x01(\tH\x00\x12\x0f\n\x05image\x18\x03 \x01(\x0cH\x00\x42\x08\n\x06source\"\x1e\n\x0cLatentVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"L\n\nScoredItem\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.atelier.v1.Item\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63luster\x18\x03 \x01(\x05*\x84\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x04*\xbb\x01\n\rRankingMethod\x12\x1e\n\x1aRANKING_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15RANKING_METHOD_LOGLIK\x10\x01\x12\x1c\n\x18RANKING_METHOD_FIXED_EPS\x10\x02\x12\x18\n\x14RANKING_METHOD_MU_L2\x10\x03\x12\x19\n\x15RANKING_METHOD_COSINE\x10\x04\x12\x1c\n\x18RANKING_METHOD_CITYBLOCK\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61telier/v1/common.proto\x12\natelier.v1\"2\n\nLatentCode\x12\n\n\x02mu\x18\x01 \x03(\x02\x12\r\n\x05sigma\x18\x02 \x03(\x02\x12\t\n\x01z\x18\x03 \x03(\x02\"\xd2\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x14\n\x08\x63\x61tegory\x18\x02 \x01(\tB\x02\x18\x01\x12\x14\n\x0c\x61rticle_type\x18\x03 \x01(\t\x12\x0e\n\x06\x63olour\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x11\n\timage_ref\x18\x06 \x01(\t\x12\x17\n\x0fmaster_category\x18\x07 \x01(\t\x12\x14\n\x0csub_category\x18\x08 \x01(\t\x12\x0e\n\x06gender\x18\t \x01(\t\x12\r\n\x05usage\x18\n \x01(\t\x12\x0e\n\x06season\x18\x0b \x01(\t\"k\n\x12\x43\x61tegoryPrediction\x12\x14\n\x0csub_category\x18\x01 \x01(\t\x12\x17\n\x0fmaster_category\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x12\n\nfrom_label\x18\x04 \x01(\x08\"\x82\x01\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x12\n\nlatent_dim\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12\x13\n\x0bimage_width\x18\x04 \x01(\x05\x12\x11\n\tdata_hash\x18\x05 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x06 \x03(\x02\".\n\x0bItemFailure\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x85\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.atelier.v1.JobState\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x18\n\x10items_per_second\x18\x07 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x01\x12)\n\x08\x66\x61ilures\x18\t \x03(\x0b\x32\x17.atelier.v1.ItemFailure\x12\x14\n\x0c\x63reated_unix\x18\n \x01(\x01\x12\x15\n\rfinished_unix\x18\x0b \x01(\x01\"a\n\x05Query\x12*\n\x06vector\x18\x01 \x01(\x0b\x32\x18.atelier.v1.LatentVectorH\x00\x12\x11\n\x07item_id\x18\x02 \x01(\tH\x00\x12\x0f\n\x05image\x18\x03 \x01(\x0cH\x00\x42\x08\n\x06source\"\x1e\n\x0cLatentVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"_\n\nScoredItem\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.atelier.v1.Item\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07\x63luster\x18\x03 \x01(\x05\x12\x11\n\tpartition\x18\x04 \x01(\t*\x84\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x04*\xbb\x01\n\rRankingMethod\x12\x1e\n\x1aRANKING_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15RANKING_METHOD_LOGLIK\x10\x01\x12\x1c\n\x18RANKING_METHOD_FIXED_EPS\x10\x02\x12\x18\n\x14RANKING_METHOD_MU_L2\x10\x03\x12\x19\n\x15RANKING_METHOD_COSINE\x10\x04\x12\x1c\n\x18RANKING_METHOD_CITYBLOCK\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'atelier.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=860
-  _globals['_JOBSTATE']._serialized_end=992
-  _globals['_RANKINGMETHOD']._serialized_start=995
-  _globals['_RANKINGMETHOD']._serialized_end=1182
+  _globals['_ITEM'].fields_by_name['category']._loaded_options = None
+  _globals['_ITEM'].fields_by_name['category']._serialized_options = b'\030\001'
+  _globals['_JOBSTATE']._serialized_start=1087
+  _globals['_JOBSTATE']._serialized_end=1219
+  _globals['_RANKINGMETHOD']._serialized_start=1222
+  _globals['_RANKINGMETHOD']._serialized_end=1409
   _globals['_LATENTCODE']._serialized_start=39
   _globals['_LATENTCODE']._serialized_end=89
-  _globals['_ITEM']._serialized_start=91
-  _globals['_ITEM']._serialized_end=203
-  _globals['_MODELVERSION']._serialized_start=206
-  _globals['_MODELVERSION']._serialized_end=336
-  _globals['_ITEMFAILURE']._serialized_start=338
-  _globals['_ITEMFAILURE']._serialized_end=384
-  _globals['_JOB']._serialized_start=387
-  _globals['_JOB']._serialized_end=648
-  _globals['_QUERY']._serialized_start=650
-  _globals['_QUERY']._serialized_end=747
-  _globals['_LATENTVECTOR']._serialized_start=749
-  _globals['_LATENTVECTOR']._serialized_end=779
-  _globals['_SCOREDITEM']._serialized_start=781
-  _globals['_SCOREDITEM']._serialized_end=857
+  _globals['_ITEM']._serialized_start=92
+  _globals['_ITEM']._serialized_end=302
+  _globals['_CATEGORYPREDICTION']._serialized_start=304
+  _globals['_CATEGORYPREDICTION']._serialized_end=411
+  _globals['_MODELVERSION']._serialized_start=414
+  _globals['_MODELVERSION']._serialized_end=544
+  _globals['_ITEMFAILURE']._serialized_start=546
+  _globals['_ITEMFAILURE']._serialized_end=592
+  _globals['_JOB']._serialized_start=595
+  _globals['_JOB']._serialized_end=856
+  _globals['_QUERY']._serialized_start=858
+  _globals['_QUERY']._serialized_end=955
+  _globals['_LATENTVECTOR']._serialized_start=957
+  _globals['_LATENTVECTOR']._serialized_end=987
+  _globals['_SCOREDITEM']._serialized_start=989
+  _globals['_SCOREDITEM']._serialized_end=1084
 # @@protoc_insertion_point(module_scope)

@@ -46,20 +46,42 @@ class LatentCode(_message.Message):
     def __init__(self, mu: _Optional[_Iterable[float]] = ..., sigma: _Optional[_Iterable[float]] = ..., z: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("item_id", "category", "article_type", "colour", "name", "image_ref")
+    __slots__ = ("item_id", "category", "article_type", "colour", "name", "image_ref", "master_category", "sub_category", "gender", "usage", "season")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     ARTICLE_TYPE_FIELD_NUMBER: _ClassVar[int]
     COLOUR_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
+    MASTER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SUB_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    GENDER_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    SEASON_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     category: str
     article_type: str
     colour: str
     name: str
     image_ref: str
-    def __init__(self, item_id: _Optional[str] = ..., category: _Optional[str] = ..., article_type: _Optional[str] = ..., colour: _Optional[str] = ..., name: _Optional[str] = ..., image_ref: _Optional[str] = ...) -> None: ...
+    master_category: str
+    sub_category: str
+    gender: str
+    usage: str
+    season: str
+    def __init__(self, item_id: _Optional[str] = ..., category: _Optional[str] = ..., article_type: _Optional[str] = ..., colour: _Optional[str] = ..., name: _Optional[str] = ..., image_ref: _Optional[str] = ..., master_category: _Optional[str] = ..., sub_category: _Optional[str] = ..., gender: _Optional[str] = ..., usage: _Optional[str] = ..., season: _Optional[str] = ...) -> None: ...
+
+class CategoryPrediction(_message.Message):
+    __slots__ = ("sub_category", "master_category", "confidence", "from_label")
+    SUB_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    MASTER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FROM_LABEL_FIELD_NUMBER: _ClassVar[int]
+    sub_category: str
+    master_category: str
+    confidence: float
+    from_label: bool
+    def __init__(self, sub_category: _Optional[str] = ..., master_category: _Optional[str] = ..., confidence: _Optional[float] = ..., from_label: _Optional[bool] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("version", "latent_dim", "image_height", "image_width", "data_hash", "epsilon")
@@ -128,11 +150,13 @@ class LatentVector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item", "score", "cluster")
+    __slots__ = ("item", "score", "cluster", "partition")
     ITEM_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
     item: Item
     score: float
     cluster: int
-    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ..., score: _Optional[float] = ..., cluster: _Optional[int] = ...) -> None: ...
+    partition: str
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ..., score: _Optional[float] = ..., cluster: _Optional[int] = ..., partition: _Optional[str] = ...) -> None: ...

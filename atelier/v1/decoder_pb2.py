@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from atelier.v1 import common_pb2 as atelier_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61telier/v1/decoder.proto\x12\natelier.v1\x1a\x17\x61telier/v1/common.proto\"O\n\rDecodeRequest\x12\'\n\x05\x63odes\x18\x01 \x03(\x0b\x32\x18.atelier.v1.LatentVector\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"S\n\x0e\x44\x65\x63odeResponse\x12\x0b\n\x03png\x18\x01 \x03(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\"B\n\x12RandomStartRequest\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x90\x01\n\x13RandomStartResponse\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.atelier.v1.Item\x12$\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x16.atelier.v1.LatentCode\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\r\n\x05lower\x18\x04 \x03(\x02\x12\r\n\x05upper\x18\x05 \x03(\x02\"\x8e\x01\n\x0fTraverseRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x18.atelier.v1.LatentVector\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x0b\n\x03low\x18\x03 \x01(\x02\x12\x0c\n\x04high\x18\x04 \x01(\x02\x12\r\n\x05steps\x18\x05 \x01(\x05\x12\x15\n\rmodel_version\x18\x06 \x01(\x03\x32\xe6\x01\n\x0e\x44\x65\x63oderService\x12?\n\x06\x44\x65\x63ode\x12\x19.atelier.v1.DecodeRequest\x1a\x1a.atelier.v1.DecodeResponse\x12N\n\x0bRandomStart\x12\x1e.atelier.v1.RandomStartRequest\x1a\x1f.atelier.v1.RandomStartResponse\x12\x43\n\x08Traverse\x12\x1b.atelier.v1.TraverseRequest\x1a\x1a.atelier.v1.DecodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61telier/v1/decoder.proto\x12\natelier.v1\x1a\x17\x61telier/v1/common.proto\"O\n\rDecodeRequest\x12\'\n\x05\x63odes\x18\x01 \x03(\x0b\x32\x18.atelier.v1.LatentVector\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"S\n\x0e\x44\x65\x63odeResponse\x12\x0b\n\x03png\x18\x01 \x03(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\"B\n\x12RandomStartRequest\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\xec\x01\n\x13RandomStartResponse\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.atelier.v1.Item\x12$\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x16.atelier.v1.LatentCode\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\r\n\x05lower\x18\x04 \x03(\x02\x12\r\n\x05upper\x18\x05 \x03(\x02\x12(\n\x07sliders\x18\x06 \x01(\x0b\x32\x17.atelier.v1.SliderBasis\x12\x30\n\x08\x63\x61tegory\x18\x07 \x01(\x0b\x32\x1e.atelier.v1.CategoryPrediction\"\xaf\x01\n\x0bSliderBasis\x12(\n\x06origin\x18\x01 \x01(\x0b\x32\x18.atelier.v1.LatentVector\x12,\n\ndirections\x18\x02 \x03(\x0b\x32\x18.atelier.v1.LatentVector\x12\r\n\x05lower\x18\x03 \x03(\x02\x12\r\n\x05upper\x18\x04 \x03(\x02\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x1a\n\x12\x65xplained_variance\x18\x06 \x03(\x02\"\x8e\x01\n\x0fTraverseRequest\x12\'\n\x05start\x18\x01 \x01(\x0b\x32\x18.atelier.v1.LatentVector\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x0b\n\x03low\x18\x03 \x01(\x02\x12\x0c\n\x04high\x18\x04 \x01(\x02\x12\r\n\x05steps\x18\x05 \x01(\x05\x12\x15\n\rmodel_version\x18\x06 \x01(\x03\"\x17\n\x15ListCategoriesRequest\"M\n\rCategoryCount\x12\x14\n\x0csub_category\x18\x01 \x01(\t\x12\x17\n\x0fmaster_category\x18\x02 \x01(\t\x12\r\n\x05items\x18\x03 \x01(\x03\"^\n\x16ListCategoriesResponse\x12-\n\ncategories\x18\x01 \x03(\x0b\x32\x19.atelier.v1.CategoryCount\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x32\xbf\x02\n\x0e\x44\x65\x63oderService\x12?\n\x06\x44\x65\x63ode\x12\x19.atelier.v1.DecodeRequest\x1a\x1a.atelier.v1.DecodeResponse\x12N\n\x0bRandomStart\x12\x1e.atelier.v1.RandomStartRequest\x1a\x1f.atelier.v1.RandomStartResponse\x12\x43\n\x08Traverse\x12\x1b.atelier.v1.TraverseRequest\x1a\x1a.atelier.v1.DecodeResponse\x12W\n\x0eListCategories\x12!.atelier.v1.ListCategoriesRequest\x1a\".atelier.v1.ListCategoriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,9 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANDOMSTARTREQUEST']._serialized_start=231
   _globals['_RANDOMSTARTREQUEST']._serialized_end=297
   _globals['_RANDOMSTARTRESPONSE']._serialized_start=300
-  _globals['_RANDOMSTARTRESPONSE']._serialized_end=444
-  _globals['_TRAVERSEREQUEST']._serialized_start=447
-  _globals['_TRAVERSEREQUEST']._serialized_end=589
-  _globals['_DECODERSERVICE']._serialized_start=592
-  _globals['_DECODERSERVICE']._serialized_end=822
+  _globals['_RANDOMSTARTRESPONSE']._serialized_end=536
+  _globals['_SLIDERBASIS']._serialized_start=539
+  _globals['_SLIDERBASIS']._serialized_end=714
+  _globals['_TRAVERSEREQUEST']._serialized_start=717
+  _globals['_TRAVERSEREQUEST']._serialized_end=859
+  _globals['_LISTCATEGORIESREQUEST']._serialized_start=861
+  _globals['_LISTCATEGORIESREQUEST']._serialized_end=884
+  _globals['_CATEGORYCOUNT']._serialized_start=886
+  _globals['_CATEGORYCOUNT']._serialized_end=963
+  _globals['_LISTCATEGORIESRESPONSE']._serialized_start=965
+  _globals['_LISTCATEGORIESRESPONSE']._serialized_end=1059
+  _globals['_DECODERSERVICE']._serialized_start=1062
+  _globals['_DECODERSERVICE']._serialized_end=1381
 # @@protoc_insertion_point(module_scope)

@@ -36,18 +36,38 @@ class RandomStartRequest(_message.Message):
     def __init__(self, category: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class RandomStartResponse(_message.Message):
-    __slots__ = ("item", "code", "model_version", "lower", "upper")
+    __slots__ = ("item", "code", "model_version", "lower", "upper", "sliders", "category")
     ITEM_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LOWER_FIELD_NUMBER: _ClassVar[int]
     UPPER_FIELD_NUMBER: _ClassVar[int]
+    SLIDERS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
     item: _common_pb2.Item
     code: _common_pb2.LatentCode
     model_version: int
     lower: _containers.RepeatedScalarFieldContainer[float]
     upper: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, item: _Optional[_Union[_common_pb2.Item, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentCode, _Mapping]] = ..., model_version: _Optional[int] = ..., lower: _Optional[_Iterable[float]] = ..., upper: _Optional[_Iterable[float]] = ...) -> None: ...
+    sliders: SliderBasis
+    category: _common_pb2.CategoryPrediction
+    def __init__(self, item: _Optional[_Union[_common_pb2.Item, _Mapping]] = ..., code: _Optional[_Union[_common_pb2.LatentCode, _Mapping]] = ..., model_version: _Optional[int] = ..., lower: _Optional[_Iterable[float]] = ..., upper: _Optional[_Iterable[float]] = ..., sliders: _Optional[_Union[SliderBasis, _Mapping]] = ..., category: _Optional[_Union[_common_pb2.CategoryPrediction, _Mapping]] = ...) -> None: ...
+
+class SliderBasis(_message.Message):
+    __slots__ = ("origin", "directions", "lower", "upper", "labels", "explained_variance")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    origin: _common_pb2.LatentVector
+    directions: _containers.RepeatedCompositeFieldContainer[_common_pb2.LatentVector]
+    lower: _containers.RepeatedScalarFieldContainer[float]
+    upper: _containers.RepeatedScalarFieldContainer[float]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    explained_variance: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, origin: _Optional[_Union[_common_pb2.LatentVector, _Mapping]] = ..., directions: _Optional[_Iterable[_Union[_common_pb2.LatentVector, _Mapping]]] = ..., lower: _Optional[_Iterable[float]] = ..., upper: _Optional[_Iterable[float]] = ..., labels: _Optional[_Iterable[str]] = ..., explained_variance: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TraverseRequest(_message.Message):
     __slots__ = ("start", "dimension", "low", "high", "steps", "model_version")
@@ -64,3 +84,25 @@ class TraverseRequest(_message.Message):
     steps: int
     model_version: int
     def __init__(self, start: _Optional[_Union[_common_pb2.LatentVector, _Mapping]] = ..., dimension: _Optional[int] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., steps: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class ListCategoriesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CategoryCount(_message.Message):
+    __slots__ = ("sub_category", "master_category", "items")
+    SUB_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    MASTER_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    sub_category: str
+    master_category: str
+    items: int
+    def __init__(self, sub_category: _Optional[str] = ..., master_category: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
+
+class ListCategoriesResponse(_message.Message):
+    __slots__ = ("categories", "model_version")
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    categories: _containers.RepeatedCompositeFieldContainer[CategoryCount]
+    model_version: int
+    def __init__(self, categories: _Optional[_Iterable[_Union[CategoryCount, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...

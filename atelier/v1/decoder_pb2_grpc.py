@@ -49,6 +49,11 @@ class DecoderServiceStub:
                 request_serializer=atelier_dot_v1_dot_decoder__pb2.TraverseRequest.SerializeToString,
                 response_deserializer=atelier_dot_v1_dot_decoder__pb2.DecodeResponse.FromString,
                 _registered_method=True)
+        self.ListCategories = channel.unary_unary(
+                '/atelier.v1.DecoderService/ListCategories',
+                request_serializer=atelier_dot_v1_dot_decoder__pb2.ListCategoriesRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_decoder__pb2.ListCategoriesResponse.FromString,
+                _registered_method=True)
 
 
 class DecoderServiceServicer:
@@ -75,6 +80,13 @@ class DecoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCategories(self, request, context):
+        """The served generation's categories, for a category picker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_DecoderServiceServicer_to_server(servicer, server):
                     servicer.Traverse,
                     request_deserializer=atelier_dot_v1_dot_decoder__pb2.TraverseRequest.FromString,
                     response_serializer=atelier_dot_v1_dot_decoder__pb2.DecodeResponse.SerializeToString,
+            ),
+            'ListCategories': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCategories,
+                    request_deserializer=atelier_dot_v1_dot_decoder__pb2.ListCategoriesRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_decoder__pb2.ListCategoriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class DecoderService:
             '/atelier.v1.DecoderService/Traverse',
             atelier_dot_v1_dot_decoder__pb2.TraverseRequest.SerializeToString,
             atelier_dot_v1_dot_decoder__pb2.DecodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCategories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.DecoderService/ListCategories',
+            atelier_dot_v1_dot_decoder__pb2.ListCategoriesRequest.SerializeToString,
+            atelier_dot_v1_dot_decoder__pb2.ListCategoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

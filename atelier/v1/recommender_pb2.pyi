@@ -13,21 +13,31 @@ class Partition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PARTITION_UNSPECIFIED: _ClassVar[Partition]
     PARTITION_KMEANS: _ClassVar[Partition]
     PARTITION_CATEGORY: _ClassVar[Partition]
+    PARTITION_SUB_CATEGORY: _ClassVar[Partition]
+    PARTITION_MASTER_CATEGORY: _ClassVar[Partition]
 PARTITION_UNSPECIFIED: Partition
 PARTITION_KMEANS: Partition
 PARTITION_CATEGORY: Partition
+PARTITION_SUB_CATEGORY: Partition
+PARTITION_MASTER_CATEGORY: Partition
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("query", "method", "partition", "k")
+    __slots__ = ("query", "method", "partition", "k", "target_categories", "match_gender", "gender")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    TARGET_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    MATCH_GENDER_FIELD_NUMBER: _ClassVar[int]
+    GENDER_FIELD_NUMBER: _ClassVar[int]
     query: _common_pb2.Query
     method: _common_pb2.RankingMethod
     partition: Partition
     k: int
-    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., method: _Optional[_Union[_common_pb2.RankingMethod, str]] = ..., partition: _Optional[_Union[Partition, str]] = ..., k: _Optional[int] = ...) -> None: ...
+    target_categories: _containers.RepeatedScalarFieldContainer[str]
+    match_gender: bool
+    gender: str
+    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., method: _Optional[_Union[_common_pb2.RankingMethod, str]] = ..., partition: _Optional[_Union[Partition, str]] = ..., k: _Optional[int] = ..., target_categories: _Optional[_Iterable[str]] = ..., match_gender: _Optional[bool] = ..., gender: _Optional[str] = ...) -> None: ...
 
 class PartitionList(_message.Message):
     __slots__ = ("partition", "items")
@@ -38,13 +48,17 @@ class PartitionList(_message.Message):
     def __init__(self, partition: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("query_partition", "similar", "pairings", "model_version")
+    __slots__ = ("query_partition", "similar", "pairings", "model_version", "query_category", "matched_gender")
     QUERY_PARTITION_FIELD_NUMBER: _ClassVar[int]
     SIMILAR_FIELD_NUMBER: _ClassVar[int]
     PAIRINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_GENDER_FIELD_NUMBER: _ClassVar[int]
     query_partition: str
     similar: PartitionList
     pairings: _containers.RepeatedCompositeFieldContainer[PartitionList]
     model_version: int
-    def __init__(self, query_partition: _Optional[str] = ..., similar: _Optional[_Union[PartitionList, _Mapping]] = ..., pairings: _Optional[_Iterable[_Union[PartitionList, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+    query_category: _common_pb2.CategoryPrediction
+    matched_gender: str
+    def __init__(self, query_partition: _Optional[str] = ..., similar: _Optional[_Union[PartitionList, _Mapping]] = ..., pairings: _Optional[_Iterable[_Union[PartitionList, _Mapping]]] = ..., model_version: _Optional[int] = ..., query_category: _Optional[_Union[_common_pb2.CategoryPrediction, _Mapping]] = ..., matched_gender: _Optional[str] = ...) -> None: ...

@@ -13,9 +13,13 @@ class SearchScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_SCOPE_UNSPECIFIED: _ClassVar[SearchScope]
     SEARCH_SCOPE_CLUSTER: _ClassVar[SearchScope]
     SEARCH_SCOPE_CATALOGUE: _ClassVar[SearchScope]
+    SEARCH_SCOPE_SUB_CATEGORY: _ClassVar[SearchScope]
+    SEARCH_SCOPE_MASTER_CATEGORY: _ClassVar[SearchScope]
 SEARCH_SCOPE_UNSPECIFIED: SearchScope
 SEARCH_SCOPE_CLUSTER: SearchScope
 SEARCH_SCOPE_CATALOGUE: SearchScope
+SEARCH_SCOPE_SUB_CATEGORY: SearchScope
+SEARCH_SCOPE_MASTER_CATEGORY: SearchScope
 
 class SearchRequest(_message.Message):
     __slots__ = ("query", "method", "scope", "k", "category", "nprobe", "exclude_query_item")
@@ -36,11 +40,15 @@ class SearchRequest(_message.Message):
     def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., method: _Optional[_Union[_common_pb2.RankingMethod, str]] = ..., scope: _Optional[_Union[SearchScope, str]] = ..., k: _Optional[int] = ..., category: _Optional[str] = ..., nprobe: _Optional[int] = ..., exclude_query_item: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "query_cluster", "model_version")
+    __slots__ = ("results", "query_cluster", "model_version", "query_category", "searched")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     QUERY_CLUSTER_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SEARCHED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]
     query_cluster: int
     model_version: int
-    def __init__(self, results: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., query_cluster: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
+    query_category: _common_pb2.CategoryPrediction
+    searched: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, results: _Optional[_Iterable[_Union[_common_pb2.ScoredItem, _Mapping]]] = ..., query_cluster: _Optional[int] = ..., model_version: _Optional[int] = ..., query_category: _Optional[_Union[_common_pb2.CategoryPrediction, _Mapping]] = ..., searched: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -29,12 +29,15 @@ METHODS = {
     "cityblock": common_pb2.RANKING_METHOD_CITYBLOCK,
 }
 SCOPES = {
-    "cluster": retrieval_pb2.SEARCH_SCOPE_CLUSTER,
+    "sub_category": retrieval_pb2.SEARCH_SCOPE_SUB_CATEGORY,
+    "master_category": retrieval_pb2.SEARCH_SCOPE_MASTER_CATEGORY,
     "catalogue": retrieval_pb2.SEARCH_SCOPE_CATALOGUE,
+    "cluster": retrieval_pb2.SEARCH_SCOPE_CLUSTER,
 }
 PARTITIONS = {
+    "sub_category": recommender_pb2.PARTITION_SUB_CATEGORY,
+    "master_category": recommender_pb2.PARTITION_MASTER_CATEGORY,
     "kmeans": recommender_pb2.PARTITION_KMEANS,
-    "category": recommender_pb2.PARTITION_CATEGORY,
 }
 
 
@@ -96,7 +99,7 @@ class AtelierClient:
         self,
         query: common_pb2.Query,
         method: str = "fixed_eps",
-        scope: str = "cluster",
+        scope: str = "sub_category",
         k: int = 10,
         category: str = "",
         nprobe: int = 0,
@@ -115,13 +118,27 @@ class AtelierClient:
         self,
         query: common_pb2.Query,
         method: str = "fixed_eps",
-        partition: str = "kmeans",
+        partition: str = "sub_category",
         k: int = 10,
+        targets: Sequence[str] = (),
+        match_gender: bool = True,
+        gender: str = "",
     ) -> recommender_pb2.RecommendResponse:
         request = recommender_pb2.RecommendRequest(
-            query=query, method=METHODS[method], partition=PARTITIONS[partition], k=k
+            query=query,
+            method=METHODS[method],
+            partition=PARTITIONS[partition],
+            k=k,
+            target_categories=list(targets),
+            match_gender=match_gender,
+            gender=gender,
         )
         return self.recommender.Recommend(request, timeout=self.timeout)
+
+    def list_categories(self) -> decoder_pb2.ListCategoriesResponse:
+        return self.decoder.ListCategories(
+            decoder_pb2.ListCategoriesRequest(), timeout=self.timeout
+        )
 
     def decode(self, vectors: Sequence[Sequence[float]]) -> decoder_pb2.DecodeResponse:
         request = decoder_pb2.DecodeRequest(

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 
 from atelier import generation as generations
-from atelier.generation import Generation
+from atelier.generation import KMEANS, SUB, CategoryOf, Generation, Partitioning
 from atelier.latent import validate_vector
 from atelier.search import query_space
 from atelier.store import CodeStore
@@ -50,6 +50,14 @@ def check_k(k: int) -> int:
     return k
 
 
+@dataclass(frozen=True)
+class ResolvedQuery:
+    vector: np.ndarray  # in the method's space
+    row: int | None  # the query's own row, for a catalogue item
+    category: CategoryOf
+    gender: str  # a catalogue item's gender; empty for codes and photos
+
+
 def resolve(
     query: common_pb2.Query,
     generation: Generation,
@@ -57,15 +65,17 @@ def resolve(
     encoder: encoder_pb2_grpc.EncoderServiceStub | None,
     remaining: float | None,
     max_abs: float,
-) -> tuple[np.ndarray, int | None]:
-    """The query's vector in the method's space, and its own row when it is a catalogue item."""
+) -> ResolvedQuery:
+    """The query's vector in the method's space, its own row when it is a catalogue item, and
+    its category: the item's, or predicted from the code."""
     space = query_space(method)
     source = query.WhichOneof("source")
     if source == "vector":
         try:
-            return validate_vector(query.vector.values, generation.latent_dim, max_abs), None
+            vector = validate_vector(query.vector.values, generation.latent_dim, max_abs)
         except ValueError as exc:
             raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        return ResolvedQuery(vector, None, generation.predict_category(vector), "")
     if source == "item_id":
         row = generation.row_of.get(query.item_id)
         if row is None:
@@ -73,7 +83,12 @@ def resolve(
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown item {query.item_id!r} in generation {generation.version}",
             )
-        return generation.codes.space(space)[row].astype(np.float64), row
+        return ResolvedQuery(
+            generation.codes.space(space)[row].astype(np.float64),
+            row,
+            generation.category_of_row(row),
+            str(generation.attributes["gender"][row]),
+        )
     if source == "image":
         if not query.image:
             raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
@@ -99,10 +114,50 @@ def resolve(
             )
             code = exc.code() if exc.code() in passed_on else grpc.StatusCode.UNAVAILABLE
             raise QueryError(code, f"encoder: {exc.details()}") from None
-        values = reply.code.z if space == "z" else reply.code.mu
-        return np.asarray(values, dtype=np.float64), None
+        mu = np.asarray(reply.code.mu, dtype=np.float64)
+        vector = np.asarray(reply.code.z, dtype=np.float64) if space == "z" else mu
+        return ResolvedQuery(vector, None, generation.predict_category(mu), "")
     raise QueryError(
         grpc.StatusCode.INVALID_ARGUMENT, "query needs a vector, an item_id or an image"
+    )
+
+
+def home_partition(
+    partitioning: Partitioning, method: str, query: ResolvedQuery, generation: Generation
+) -> int:
+    """The query's own partition: its category's, or the nearest k-means centre."""
+    if partitioning.name == KMEANS:
+        return int(partitioning.by_space[query_space(method)].assign(query.vector)[0])
+    name = (
+        query.category.sub_category if partitioning.name == SUB else query.category.master_category
+    )
+    position = partitioning.position(name)
+    if position is None:
+        raise QueryError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"generation {generation.version} has no category {name!r} to search in; "
+            "search the whole catalogue instead",
+        )
+    return position
+
+
+def partitioning(generation: Generation, name: str) -> Partitioning:
+    if name not in generation.partitionings:
+        raise QueryError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "k-means partitions are off in this deployment (KMEANS_K=0)"
+            if name == KMEANS
+            else f"no {name} partitions",
+        )
+    return generation.partitionings[name]
+
+
+def category_message(category: CategoryOf) -> common_pb2.CategoryPrediction:
+    return common_pb2.CategoryPrediction(
+        sub_category=category.sub_category,
+        master_category=category.master_category,
+        confidence=category.confidence,
+        from_label=category.from_label,
     )
 
 
@@ -110,22 +165,36 @@ def item_message(generation: Generation, row: int) -> common_pb2.Item:
     meta = generation.metadata[row]
     return common_pb2.Item(
         item_id=generation.codes.item_ids[row],
-        category=meta.get("category", ""),
+        category=meta.get("sub_category", ""),
         article_type=meta.get("article_type", ""),
         colour=meta.get("colour", ""),
         name=meta.get("name", ""),
         image_ref=meta.get("image_ref", ""),
+        master_category=meta.get("master_category", ""),
+        sub_category=meta.get("sub_category", ""),
+        gender=meta.get("gender", ""),
+        usage=meta.get("usage", ""),
+        season=meta.get("season", ""),
     )
 
 
 def scored_items(
-    generation: Generation, rows: np.ndarray, scores: np.ndarray, space: str
+    generation: Generation,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    partitioning_name: str,
+    space: str,
 ) -> list[common_pb2.ScoredItem]:
-    assert generation.kmeans is not None
-    labels = generation.kmeans.partitions[space].labels
+    """Results with each item's partition under the request's partitioning and its k-means cluster."""
+    names = generation.partitionings[partitioning_name].by_space[space]
+    kmeans = generation.partitionings.get(KMEANS)
+    clusters = kmeans.by_space[space].labels if kmeans else None
     return [
         common_pb2.ScoredItem(
-            item=item_message(generation, row), score=score, cluster=int(labels[row])
+            item=item_message(generation, row),
+            score=score,
+            cluster=int(clusters[row]) if clusters is not None else -1,
+            partition=names.names[names.labels[row]],
         )
         for row, score in zip(rows.tolist(), scores.tolist(), strict=True)
     ]
@@ -150,7 +219,7 @@ class QuerySettings:
             encoder_addr=env_str("ENCODER_ADDR", "127.0.0.1:50051"),
             host=env_str(f"{prefix}_HOST", "127.0.0.1"),
             port=env_int(f"{prefix}_PORT", default_port),
-            kmeans_k=env_int("KMEANS_K", 3),
+            kmeans_k=env_int("KMEANS_K", 16),
             max_abs_latent=env_float("MAX_ABS_LATENT", 100.0),
             # One thread per search: the server already runs requests in parallel, and for a
             # single query FAISS's threads cost more than they save (p99 13 ms -> 6 ms at 1M).
@@ -179,7 +248,6 @@ def run_query_server(
     servicer: GenerationServicer,
     register: Callable[[grpc.Server], None],
     service_name: str,
-    with_categories: bool = False,
 ) -> Iterator[RunningServer]:
     """Serve, and report SERVING once the served generation's indexes are loaded."""
     store = CodeStore.from_url(settings.redis_url)
@@ -195,9 +263,7 @@ def run_query_server(
         settings.port,
         thread_initializer=limit_faiss_threads,
     ) as running:
-        build = functools.partial(
-            generations.build, store, k=settings.kmeans_k, with_categories=with_categories
-        )
+        build = functools.partial(generations.build, store, k=settings.kmeans_k)
         servicer.holder = GenerationHolder(
             store, build, lambda _generation: running.set_serving(True)
         )

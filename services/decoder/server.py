@@ -13,12 +13,14 @@ import numpy as np
 from PIL import Image
 
 from atelier import generation as generations
+from atelier.generation import Generation
 from atelier.latent import validate_vector
+from atelier.sliders import slider_basis
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, decoder_pb2, decoder_pb2_grpc
 from services.common.generation_holder import GenerationHolder
 from services.common.model_client import ModelClient, status_of
-from services.common.queries import item_message
+from services.common.queries import category_message, item_message
 from services.common.runtime import RunningServer, grpc_server
 from services.decoder.config import Settings
 
@@ -84,26 +86,50 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return self._decode(vectors, version, context)
 
-    def RandomStart(self, request, context):
+    def _served(self, context) -> Generation:
         generation = self.holder.current if self.holder else None
         if generation is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no generation of codes is served yet")
+        return generation
+
+    def RandomStart(self, request, context):
+        generation = self._served(context)
         rows = np.arange(len(generation.codes))
         if request.category:
-            rows = rows[generation.codes.categories == request.category]
-            if not len(rows):
-                context.abort(
-                    grpc.StatusCode.NOT_FOUND, f"no items of category {request.category!r}"
-                )
+            try:
+                rows = generation.rows_of_category(request.category)
+            except LookupError as exc:
+                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         rng = np.random.default_rng(request.seed if request.HasField("seed") else None)
         row = int(rng.choice(rows))
         codes = generation.codes
+        key = request.category or ""
+        basis = generation.slider_state(key, lambda: slider_basis(codes.mu[rows]))
         return decoder_pb2.RandomStartResponse(
             item=item_message(generation, row),
             code=common_pb2.LatentCode(mu=codes.mu[row], sigma=codes.sigma[row], z=codes.z[row]),
             model_version=generation.version,
             lower=generation.lower,
             upper=generation.upper,
+            sliders=decoder_pb2.SliderBasis(
+                origin=common_pb2.LatentVector(values=basis.origin),
+                directions=[common_pb2.LatentVector(values=d) for d in basis.directions],
+                lower=basis.lower,
+                upper=basis.upper,
+                labels=basis.labels,
+                explained_variance=basis.explained_variance,
+            ),
+            category=category_message(generation.category_of_row(row)),
+        )
+
+    def ListCategories(self, request, context):
+        generation = self._served(context)
+        return decoder_pb2.ListCategoriesResponse(
+            categories=[
+                decoder_pb2.CategoryCount(sub_category=sub, master_category=master, items=count)
+                for sub, master, count in generation.category_counts()
+            ],
+            model_version=generation.version,
         )
 
     def Traverse(self, request, context):

@@ -44,6 +44,20 @@ def job_message(progress: jobs.JobProgress) -> common_pb2.Job:
     )
 
 
+def item_metadata(item: common_pb2.Item) -> dict[str, str]:
+    """The labels of a submitted item; the first version's `category` is its subCategory."""
+    return {
+        "article_type": item.article_type,
+        "sub_category": item.sub_category or item.category,
+        "master_category": item.master_category,
+        "gender": item.gender,
+        "usage": item.usage,
+        "season": item.season,
+        "colour": item.colour,
+        "name": item.name,
+    }
+
+
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     def __init__(self, settings: Settings, store: CodeStore, model: ModelClient, enqueue):
         self.settings = settings
@@ -96,10 +110,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad catalogue CSV: {exc}")
         elif source == "entries":
             entries = [
-                jobs.normalise_entry(e.item.item_id, e.item.category, e.item.article_type, e.item.colour,
-                                     e.item.name, e.item.image_ref, e.image)
+                jobs.normalise_entry(
+                    e.item.item_id, item_metadata(e.item), e.item.image_ref, e.image
+                )
                 for e in request.entries.entries
-            ]  # fmt: skip
+            ]
         else:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give csv_path or entries")
         size = (shape.image_height, shape.image_width)

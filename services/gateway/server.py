@@ -38,12 +38,22 @@ def _item_json(scored) -> dict:
     item = scored.item
     return {
         "item_id": item.item_id,
-        "category": item.category,
+        "sub_category": item.sub_category,
         "article_type": item.article_type,
+        "gender": item.gender,
         "name": item.name,
         "score": scored.score,
-        "cluster": scored.cluster,
+        "partition": scored.partition,
         "image_url": f"/api/image/{item.item_id}",
+    }
+
+
+def _category_json(category) -> dict:
+    return {
+        "sub_category": category.sub_category,
+        "master_category": category.master_category,
+        "confidence": category.confidence,
+        "from_label": category.from_label,
     }
 
 
@@ -63,29 +73,57 @@ class Gateway:
         )
         self.store = CodeStore.from_url(settings.redis_url)
 
+    def categories(self) -> dict:
+        reply = self.client.list_categories()
+        return {
+            "categories": [
+                {
+                    "sub_category": c.sub_category,
+                    "master_category": c.master_category,
+                    "items": c.items,
+                }
+                for c in reply.categories
+            ],
+            "model_version": reply.model_version,
+        }
+
     def start(self, category: str) -> dict:
         reply = self.client.random_start(category)
+        sliders = reply.sliders
+        item = reply.item
         return {
-            "item": {"item_id": reply.item.item_id, "category": reply.item.category, "name": reply.item.name,
-                     "image_url": f"/api/image/{reply.item.item_id}"},
+            "item": {"item_id": item.item_id, "sub_category": item.sub_category, "gender": item.gender,
+                     "name": item.name, "image_url": f"/api/image/{item.item_id}"},
+            "category": _category_json(reply.category),
             "code": list(reply.code.mu),
-            "lower": list(reply.lower),
-            "upper": list(reply.upper),
+            "sliders": {
+                "origin": list(sliders.origin.values),
+                "directions": [list(d.values) for d in sliders.directions],
+                "lower": list(sliders.lower),
+                "upper": list(sliders.upper),
+                "labels": list(sliders.labels),
+            },
             "model_version": reply.model_version,
         }  # fmt: skip
 
     def decode(self, code: list[float]) -> bytes:
         return self.client.decode([code]).png[0]
 
-    def recommend(self, code: list[float], method: str, k: int) -> dict:
+    def recommend(
+        self, code: list[float], method: str, k: int, gender: str, match_gender: bool
+    ) -> dict:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-        reply = self.client.recommend(make_query(vector=code), method, "kmeans", k)
+        reply = self.client.recommend(
+            make_query(vector=code), method, "sub_category", k, (), match_gender, gender
+        )
         return {
-            "cluster": reply.query_partition,
+            "category": reply.query_partition,
+            "query_category": _category_json(reply.query_category),
+            "matched_gender": reply.matched_gender,
             "similar": [_item_json(s) for s in reply.similar.items],
             "pairings": [
-                {"cluster": p.partition, "items": [_item_json(s) for s in p.items]}
+                {"category": p.partition, "items": [_item_json(s) for s in p.items]}
                 for p in reply.pairings
             ],
             "model_version": reply.model_version,
@@ -181,6 +219,8 @@ def make_handler(gateway: Gateway):
             elif path == "/healthz":
                 ok = gateway.healthy()
                 self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, {"serving": ok})
+            elif path == "/api/categories":
+                self._guard(lambda: self._json(HTTPStatus.OK, gateway.categories()))
             elif path == "/api/start":
                 self._guard(
                     lambda: self._json(HTTPStatus.OK, gateway.start(params.get("category", "")))
@@ -203,10 +243,15 @@ def make_handler(gateway: Gateway):
                 if path == "/api/decode":
                     self._send(HTTPStatus.OK, "image/png", gateway.decode(code))
                 elif path == "/api/recommend":
-                    k = int(request.get("k", 8))
                     self._json(
                         HTTPStatus.OK,
-                        gateway.recommend(code, request.get("method", "fixed_eps"), k),
+                        gateway.recommend(
+                            code,
+                            request.get("method", "fixed_eps"),
+                            int(request.get("k", 8)),
+                            str(request.get("gender", "")),
+                            bool(request.get("match_gender", True)),
+                        ),
                     )
                 else:
                     self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})

@@ -8,7 +8,8 @@ from contextlib import contextmanager
 
 import grpc
 
-from atelier.recommend import recommend
+from atelier.generation import KMEANS, MASTER, SUB
+from atelier.recommend import gender_rule, recommend
 from atelier.search import query_space
 from atelier.v1 import encoder_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 from services.common import queries
@@ -19,6 +20,14 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 
 
+PARTITIONS = {
+    recommender_pb2.PARTITION_UNSPECIFIED: SUB,
+    recommender_pb2.PARTITION_SUB_CATEGORY: SUB,
+    recommender_pb2.PARTITION_MASTER_CATEGORY: MASTER,
+    recommender_pb2.PARTITION_KMEANS: KMEANS,
+}
+
+
 class RecommenderServicer(
     queries.GenerationServicer, recommender_pb2_grpc.RecommenderServiceServicer
 ):
@@ -27,11 +36,12 @@ class RecommenderServicer(
         try:
             method = queries.method_name(request.method)
             k = queries.check_k(request.k)
-            if request.partition not in recommender_pb2.Partition.values():
+            if request.partition not in PARTITIONS:
                 raise queries.QueryError(
                     grpc.StatusCode.INVALID_ARGUMENT, f"unknown partition {request.partition}"
                 )
-            vector, own_row = queries.resolve(
+            partitioning = queries.partitioning(generation, PARTITIONS[request.partition])
+            query = queries.resolve(
                 request.query,
                 generation,
                 method,
@@ -39,33 +49,52 @@ class RecommenderServicer(
                 context.time_remaining(),
                 self.max_abs_latent,
             )
+            home = queries.home_partition(partitioning, method, query, generation)
+            targets = None
+            if request.target_categories:
+                unknown = [t for t in request.target_categories if partitioning.position(t) is None]
+                if unknown:
+                    raise queries.QueryError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"unknown target categories {unknown}; choose from "
+                        f"{', '.join(partitioning.names)}",
+                    )
+                targets = [partitioning.position(t) for t in request.target_categories]
         except queries.QueryError as exc:
             context.abort(exc.code, exc.message)
-        index = (
-            generation.categories
-            if request.partition == recommender_pb2.PARTITION_CATEGORY
-            else generation.kmeans
-        )
+        match_gender = request.match_gender if request.HasField("match_gender") else True
+        gender = (query.gender or request.gender) if match_gender else ""
         space = query_space(method)
-        names = index.partitions[space].names
         try:
-            result = recommend(index, method, vector, k, exclude_row=own_row)
+            result = recommend(
+                partitioning,
+                method,
+                query.vector,
+                k,
+                home,
+                targets,
+                gender_rule(gender),
+                exclude_row=query.row,
+            )
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        names = partitioning.names
         return recommender_pb2.RecommendResponse(
             query_partition=names[result.home],
             similar=recommender_pb2.PartitionList(
                 partition=names[result.home],
-                items=queries.scored_items(generation, *result.similar, space),
+                items=queries.scored_items(generation, *result.similar, partitioning.name, space),
             ),
             pairings=[
                 recommender_pb2.PartitionList(
                     partition=names[other],
-                    items=queries.scored_items(generation, rows, scores, space),
+                    items=queries.scored_items(generation, rows, scores, partitioning.name, space),
                 )
                 for other, (rows, scores) in result.pairings.items()
             ],
             model_version=generation.version,
+            query_category=queries.category_message(query.category),
+            matched_gender=gender if gender_rule(gender) else "",
         )
 
 
@@ -82,6 +111,5 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
                 servicer, server
             ),
             SERVICE_NAME,
-            with_categories=True,
         ) as running:
             yield running

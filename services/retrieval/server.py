@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import grpc
 
+from atelier.generation import KMEANS, MASTER, SUB
 from atelier.search import query_space
 from atelier.v1 import encoder_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.common import queries
@@ -16,11 +17,13 @@ from services.retrieval.config import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
-SCOPES = (
-    retrieval_pb2.SEARCH_SCOPE_UNSPECIFIED,
-    retrieval_pb2.SEARCH_SCOPE_CLUSTER,
-    retrieval_pb2.SEARCH_SCOPE_CATALOGUE,
-)
+SCOPES = {
+    retrieval_pb2.SEARCH_SCOPE_UNSPECIFIED: SUB,
+    retrieval_pb2.SEARCH_SCOPE_SUB_CATEGORY: SUB,
+    retrieval_pb2.SEARCH_SCOPE_MASTER_CATEGORY: MASTER,
+    retrieval_pb2.SEARCH_SCOPE_CLUSTER: KMEANS,
+    retrieval_pb2.SEARCH_SCOPE_CATALOGUE: None,  # every subCategory
+}
 
 
 class RetrievalServicer(queries.GenerationServicer, retrieval_pb2_grpc.RetrievalServiceServicer):
@@ -35,7 +38,7 @@ class RetrievalServicer(queries.GenerationServicer, retrieval_pb2_grpc.Retrieval
                 )
             if request.nprobe < 0:
                 raise queries.QueryError(grpc.StatusCode.INVALID_ARGUMENT, "nprobe must be >= 0")
-            vector, own_row = queries.resolve(
+            query = queries.resolve(
                 request.query,
                 generation,
                 method,
@@ -43,28 +46,48 @@ class RetrievalServicer(queries.GenerationServicer, retrieval_pb2_grpc.Retrieval
                 context.time_remaining(),
                 self.max_abs_latent,
             )
+            where = generation.category_where(request.category) if request.category else ()
+            scope = SCOPES[request.scope]
+            space = query_space(method)
+            if scope is None:
+                partitioning, searched = queries.partitioning(generation, SUB), None
+            elif scope == KMEANS:
+                partitioning = queries.partitioning(generation, KMEANS)
+                centres = partitioning.by_space[space]
+                searched = centres.nearest(
+                    query.vector, max(1, min(request.nprobe, len(centres.centres)))
+                ).tolist()
+            else:
+                partitioning = queries.partitioning(generation, scope)
+                searched = [queries.home_partition(partitioning, method, query, generation)]
         except queries.QueryError as exc:
             context.abort(exc.code, exc.message)
-        space = query_space(method)
-        partition = generation.kmeans.partitions[space]
-        nearest = partition.nearest(vector, max(1, min(request.nprobe, len(partition.centres))))
-        searched = None if request.scope == retrieval_pb2.SEARCH_SCOPE_CATALOGUE else nearest
+        except LookupError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         exclude_own = request.exclude_query_item if request.HasField("exclude_query_item") else True
+        index_partitions = (
+            None
+            if searched is None
+            else [member for p in searched for member in partitioning.members[p]]
+        )
         try:
-            rows, scores = generation.kmeans.search(
+            rows, scores = partitioning.index.search(
                 method,
-                vector,
+                query.vector,
                 k,
-                searched,
-                request.category or None,
-                own_row if exclude_own else None,
+                index_partitions,
+                where,
+                query.row if exclude_own else None,
             )
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        kmeans = generation.partitionings.get(KMEANS)
         return retrieval_pb2.SearchResponse(
-            results=queries.scored_items(generation, rows, scores, space),
-            query_cluster=int(nearest[0]),
+            results=queries.scored_items(generation, rows, scores, partitioning.name, space),
+            query_cluster=(int(kmeans.by_space[space].assign(query.vector)[0]) if kmeans else -1),
             model_version=generation.version,
+            query_category=queries.category_message(query.category),
+            searched=[] if searched is None else [partitioning.names[p] for p in searched],
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from PIL import Image
 
 from atelier.catalogue import (
     ImageError,
+    SplitSpec,
+    data_fingerprint,
     decode_image,
     duplicate_groups,
     load_images,
@@ -28,15 +31,22 @@ def _jpeg(width: int = 60, height: int = 80, colour=(200, 30, 30)) -> bytes:
     return buffer.getvalue()
 
 
-def test_kaggle_schema_maps_families(tiny_csv):
+def test_kaggle_schema_reads_every_label(tiny_csv):
     items = read_catalogue_csv(tiny_csv)
     assert len(items) == 300
-    by_family = {}
+    by_family, by_sub = Counter(), Counter()
     for item in items:
-        by_family[item.category] = by_family.get(item.category, 0) + 1
+        by_family[item.family] += 1
+        by_sub[item.sub_category] += 1
         assert item.image_path.exists()
-    # Shoes + Sandal are the Footwear family; the rest keep their subCategory.
+    # Shoes + Sandal are the paper's Footwear family; the rest keep their subCategory.
     assert by_family == {"Footwear": 100, "Bags": 50, "Eyewear": 50, "Watches": 50, "Topwear": 50}
+    assert by_sub == {s: 50 for s in ("Shoes", "Sandal", "Bags", "Eyewear", "Watches", "Topwear")}
+    first = items[0]
+    assert first.master_category and first.article_type and first.gender and first.usage
+    assert set(first.metadata()) == {
+        "article_type", "sub_category", "master_category", "gender", "usage", "season", "colour", "name"
+    }  # fmt: skip
 
 
 def test_minimal_schema(tmp_path, tiny_images):
@@ -46,8 +56,16 @@ def test_minimal_schema(tmp_path, tiny_images):
     csv_path.write_text("\n".join(rows) + "\n")
     items = read_catalogue_csv(csv_path)
     assert [i.item_id for i in items] == ["a0", "a1", "a2"]
-    assert all(i.category == "Shoes" and i.article_type == "Shoes" for i in items)
+    assert all(i.sub_category == "Shoes" and i.article_type == "" for i in items)
     assert load_images(items, progress=False).report.loaded == 3
+
+
+def test_minimal_schema_labels_are_optional(tmp_path, tiny_images):
+    source = sorted(tiny_images.iterdir())[0]
+    csv_path = tmp_path / "catalogue.csv"
+    csv_path.write_text(f"id,image_path,gender\nnew1,{source},Women\n")
+    (item,) = read_catalogue_csv(csv_path)
+    assert item.sub_category == "" and item.master_category == "" and item.gender == "Women"
 
 
 def test_unknown_schema_is_a_clear_error(tmp_path):
@@ -134,7 +152,7 @@ def test_bad_rows_are_reported_by_id_and_skipped(tmp_path, tiny_images):
 def test_split_is_deterministic_stratified_and_keeps_duplicates_together(tmp_path, tiny_csv):
     items = read_catalogue_csv(tiny_csv)
     ids = [i.item_id for i in items]
-    categories = [i.category for i in items]
+    categories = [i.family for i in items]
     groups = duplicate_groups(items)
     # Declare pairs of items duplicates: each pair must land on one side.
     for a, b in zip(ids[0:40:2], ids[1:40:2], strict=True):
@@ -163,9 +181,28 @@ def test_hashing_finds_byte_duplicates(tmp_path, tiny_images):
 
 
 def test_prepare_dataset_filters_dedups_and_describes(tiny_csv):
-    dataset = prepare_dataset(tiny_csv, families=("Footwear", "Bags", "Eyewear"), progress=False)
+    split = SplitSpec(stratify="family", families=("Footwear", "Bags", "Eyewear"))
+    dataset = prepare_dataset(tiny_csv, split=split, progress=False)
     assert dataset.description["in_families"] == 200
     assert len(dataset.catalogue.items) == 200
     assert dataset.is_test.sum() == dataset.description["test"] > 0
-    assert set(dataset.catalogue.categories) == {"Footwear", "Bags", "Eyewear"}
+    assert set(dataset.labels("family")) == {"Footwear", "Bags", "Eyewear"}
     assert Path(dataset.description["csv"]) == tiny_csv
+    assert dataset.description["split"] == split.to_dict()
+
+
+def test_whole_catalogue_split_is_stratified_by_sub_category(tiny_csv):
+    dataset = prepare_dataset(tiny_csv, progress=False)
+    assert len(dataset.catalogue.items) == 300
+    subs = dataset.labels("sub_category")
+    for sub in set(subs):
+        assert 0.1 <= dataset.is_test[subs == sub].mean() <= 0.2
+
+
+def test_fingerprint_covers_the_split(tiny_csv):
+    items = read_catalogue_csv(tiny_csv)[:20]
+    base = data_fingerprint(items, SplitSpec())
+    assert data_fingerprint(items, SplitSpec()) == base
+    assert data_fingerprint(items, SplitSpec(seed=1)) != base
+    assert data_fingerprint(items, SplitSpec(test_fraction=0.2)) != base
+    assert data_fingerprint(items[1:], SplitSpec()) != base
