@@ -113,6 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        schedule=args.schedule,
         seed=args.seed,
         flip=args.flip,
     )
@@ -140,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "flip": train_config.flip,
                 "batch_size": train_config.batch_size,
                 "learning_rate": train_config.learning_rate,
+                "schedule": train_config.schedule,
                 "train_seconds": summary["train_seconds_total"],
                 "final_losses": summary["final"],
                 "data": summary["data"],
@@ -270,6 +272,12 @@ def build_parser(
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument(
+        "--schedule",
+        choices=("cosine", "constant"),
+        default="cosine",
+        help="learning-rate schedule (default: cosine decay to 5%% over the run)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--flip",

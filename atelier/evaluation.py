@@ -31,6 +31,7 @@ from atelier.clustering import fit_kmeans
 from atelier.latent import log_likelihood
 from atelier.metrics import mean_average_precision, per_class_scores
 from atelier.recommend import genders_compatible
+from atelier.taxonomy import MIN_SUBCATEGORY_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -490,9 +491,10 @@ def evaluate_whole_catalogue(dataset: PreparedDataset, inputs: EvaluationInputs)
     save_grid([row[picks] for row in models.recon_rows], figures / "reconstructions.png")
 
     # Categories the model knows (kept in training); the rest of the catalogue is still searched.
+    names, counts = np.unique(subs, return_counts=True)
     known = sorted(
         {c[1] for c in metadata.config.components}
-        or {s for s, n in zip(*np.unique(subs, return_counts=True), strict=True) if n >= 50}
+        or set(names[counts >= MIN_SUBCATEGORY_IMAGES].tolist())
     )
     in_known = np.isin(subs, known)
     queries = natural_sample(is_test, inputs.queries, inputs.seed)

@@ -23,6 +23,8 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 128
     learning_rate: float = 1e-3
+    # "cosine": anneal the learning rate to 5% of its start over the whole run; "constant": keep it.
+    schedule: str = "cosine"
     seed: int = 0
     # Mirror each training image left-right with probability ½: a product's mirror image is the
     # same product, so the codes learn what does not depend on which way it faces.
@@ -57,7 +59,18 @@ def train(
     log.info("training on %s", "GPU" if "GPU" in devices else "CPU")
 
     model = Autoencoder(model_config)
-    optimizer = keras.optimizers.Adam(learning_rate=train_config.learning_rate)
+    steps_per_epoch = -(-len(images) // train_config.batch_size)
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = (
+        train_config.learning_rate
+    )
+    if train_config.schedule == "cosine":
+        # The optimizer's step counter is checkpointed, so a resumed run continues the schedule.
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            train_config.learning_rate, train_config.epochs * steps_per_epoch, alpha=0.05
+        )
+    elif train_config.schedule != "constant":
+        raise ValueError(f"unknown learning-rate schedule {train_config.schedule!r}")
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     optimizer.build(model.trainable_variables)
     epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(

@@ -113,7 +113,9 @@ def main() -> int:
         subset = items[: args.kill_items]
         csv_path.write_text(
             "id,image_path,category\n"
-            + "".join(f"kill-{i.item_id},{i.image_path.resolve()},{i.category}\n" for i in subset)
+            + "".join(
+                f"kill-{i.item_id},{i.image_path.resolve()},{i.sub_category}\n" for i in subset
+            )
         )
         kill_job = stub.SubmitCatalogue(
             encoder_pb2.SubmitCatalogueRequest(csv_path=str(csv_path)), timeout=120

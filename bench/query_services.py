@@ -28,10 +28,10 @@ from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
 from atelier.catalogue import load_images, read_catalogue_csv
-from atelier.clustering import fit_kmeans
+from atelier.generation import MASTER, SUB, Partitioning, categorise, index_partitions
 from atelier.modelstore import LoadedDecoder, LoadedEncoder, read_metadata
-from atelier.recommend import recommend
-from atelier.search import CodeSet, SearchIndex
+from atelier.recommend import gender_rule, recommend
+from atelier.search import CodeSet
 from atelier.store import CodeStore, ItemRecord, ModelRecord
 from bench import report
 from services.common.client import Addresses, AtelierClient, make_query
@@ -75,20 +75,55 @@ def write_generation(
         store.upsert_codes(version, records)
 
 
-def synthetic_codes(n: int, dim: int, seed: int = 0) -> CodeSet:
-    """Codes shaped like the real ones: three well-separated families, tight σ."""
+SYNTHETIC_CATEGORIES = {  # subCategory: (masterCategory, share), roughly the catalogue's
+    "Topwear": ("Apparel", 0.36), "Shoes": ("Footwear", 0.17), "Bags": ("Accessories", 0.08),
+    "Bottomwear": ("Apparel", 0.07), "Watches": ("Accessories", 0.06), "Innerwear": ("Apparel", 0.05),
+    "Jewellery": ("Accessories", 0.04), "Eyewear": ("Accessories", 0.04), "Sandal": ("Footwear", 0.05),
+    "Wallets": ("Accessories", 0.04), "Flip Flops": ("Footwear", 0.04),
+}  # fmt: skip
+
+
+def synthetic_codes(n: int, dim: int, seed: int = 0) -> tuple[CodeSet, list[dict]]:
+    """Codes shaped like a category-prior model's: a Gaussian cloud around each subCategory's own
+    mean, in the catalogue's proportions, tight σ; and their labels."""
     rng = np.random.default_rng(seed)
-    family = rng.choice(3, size=n, p=[0.69, 0.23, 0.08])
-    mu = rng.normal(scale=1.2, size=(n, dim)).astype(np.float32)
-    mu[np.arange(n), family] += 10.0
+    names = list(SYNTHETIC_CATEGORIES)
+    shares = np.array([SYNTHETIC_CATEGORIES[c][1] for c in names])
+    family = rng.choice(len(names), size=n, p=shares / shares.sum())
+    means = rng.normal(scale=4.0, size=(len(names), dim)).astype(np.float32)
+    mu = means[family] + rng.normal(scale=1.0, size=(n, dim)).astype(np.float32)
     sigma = np.exp(rng.normal(-1.6, 0.3, size=(n, dim))).astype(np.float32)
     z = mu + sigma * rng.standard_normal(dim).astype(np.float32)
-    names = np.array(["Footwear", "Bags", "Eyewear"])[family]
-    return CodeSet([f"s{i:07d}" for i in range(n)], mu, sigma, z, names)
+    genders = np.array(["Men", "Women", "Unisex"])[rng.choice(3, size=n, p=[0.5, 0.45, 0.05])]
+    metadata = [
+        {
+            "sub_category": names[f],
+            "master_category": SYNTHETIC_CATEGORIES[names[f]][0],
+            "gender": g,
+        }
+        for f, g in zip(family.tolist(), genders.tolist(), strict=True)
+    ]
+    return CodeSet([f"s{i:07d}" for i in range(n)], mu, sigma, z), metadata
+
+
+def by_sub_category(codes: CodeSet, metadata: list[dict]) -> tuple[Partitioning, np.ndarray]:
+    """The services' subCategory partitioning, built in-process from the same codes and labels."""
+    subs = np.array([m.get("sub_category", "") for m in metadata])
+    masters = np.array([m.get("master_category", "") for m in metadata])
+    categories = categorise(codes.mu, subs, masters, None)
+    genders = np.array([m.get("gender", "") for m in metadata])
+    attributes = {SUB: categories.subs, MASTER: categories.masters, "gender": genders}
+    return index_partitions(codes, attributes, categories.master_of)[SUB], attributes
 
 
 def measure_size(
-    label: str, suite, client: AtelierClient, codes: CodeSet, version: int, queries: int
+    label: str,
+    suite,
+    client: AtelierClient,
+    codes: CodeSet,
+    metadata: list[dict],
+    version: int,
+    queries: int,
 ) -> dict:
     store = CodeStore.from_url(suite.env["REDIS_URL"])
     started = time.perf_counter()
@@ -113,8 +148,7 @@ def measure_size(
     rebuild_s = time.perf_counter() - started
     time.sleep(2.0)
     # in-process baseline: the same index the service builds, without gRPC
-    partitions = {s: fit_kmeans(codes.space(s), codes.item_ids, 3) for s in ("mu", "z")}
-    index = SearchIndex(codes, partitions)
+    partitioning, attributes = by_sub_category(codes, metadata)
     figures: dict = {"items": len(codes), "index_rebuild_seconds": round(rebuild_s, 1)}
     for method in ("fixed_eps", "loglik"):
         space = "z" if method == "fixed_eps" else "mu"
@@ -123,15 +157,16 @@ def measure_size(
             client.search(
                 make_query(item_id=codes.item_ids[int(request_ids[i % len(request_ids)])]),
                 method,
-                "cluster",
+                "sub_category",
                 10,
             )
 
         def local(i, method=method, space=space):
             row = int(request_ids[i % len(request_ids)])
-            q = codes.space(space)[row]
-            home = partitions[space].nearest(q, 1)
-            index.search(method, q, 10, home, exclude_row=row)
+            home = partitioning.position(str(attributes[SUB][row]))
+            partitioning.index.search(
+                method, codes.space(space)[row], 10, partitioning.members[home], exclude_row=row
+            )
 
         grpc_ms, local_ms = timed(rpc, queries), timed(local, queries)
         figures[method] = {
@@ -150,16 +185,15 @@ def measure_size(
     return figures
 
 
-def raw_speedups(codes: CodeSet, queries: int) -> dict:
-    """One query at a time: FAISS inside the query's cluster vs brute force over the catalogue."""
-    partitions = {s: fit_kmeans(codes.space(s), codes.item_ids, 3) for s in ("mu", "z")}
-    index = SearchIndex(codes, partitions, methods=["fixed_eps"])
+def raw_speedups(codes: CodeSet, metadata: list[dict], queries: int) -> dict:
+    """One query at a time: FAISS inside the query's subCategory vs brute force over the catalogue."""
+    partitioning, attributes = by_sub_category(codes, metadata)
     nn = NearestNeighbors(n_neighbors=10, algorithm="brute", metric="euclidean").fit(codes.z)
     rows = np.random.default_rng(2).choice(len(codes), queries, replace=False)
 
     def faiss_search(i):
-        q = codes.z[rows[i]]
-        index.search("fixed_eps", q, 10, partitions["z"].nearest(q, 1))
+        home = partitioning.position(str(attributes[SUB][rows[i]]))
+        partitioning.index.search("fixed_eps", codes.z[rows[i]], 10, partitioning.members[home])
 
     def numpy_search(i):
         q = codes.z[rows[i]]
@@ -174,7 +208,7 @@ def raw_speedups(codes: CodeSet, queries: int) -> dict:
         np.median(timed(f, queries)) for f in (faiss_search, numpy_search, sklearn_search)
     )
     return {
-        "faiss_cluster_p50_ms": round(float(faiss_ms), 4),
+        "faiss_partition_p50_ms": round(float(faiss_ms), 4),
         "numpy_brute_force_p50_ms": round(float(numpy_ms), 4),
         "sklearn_nearest_neighbors_p50_ms": round(float(sklearn_ms), 4),
         "speedup_vs_numpy": round(float(numpy_ms / faiss_ms), 2),
@@ -210,14 +244,9 @@ def main() -> int:
         encoded["mu"][order],
         encoded["sigma"][order],
         encoded["z"][order],
-        loaded.categories[order],
     )
-    catalogue_meta = [
-        {"category": loaded.items[i].category, "article_type": loaded.items[i].article_type}
-        for i in order
-    ]
-    synthetic = synthetic_codes(args.synthetic, metadata_model.latent_dim)
-    synthetic_meta = [{"category": c} for c in synthetic.categories]
+    catalogue_meta = [loaded.items[i].metadata() for i in order]
+    synthetic, synthetic_meta = synthetic_codes(args.synthetic, metadata_model.latent_dim)
 
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -239,7 +268,13 @@ def main() -> int:
         client = AtelierClient(addresses, timeout=30)
 
         search_catalogue = measure_size(
-            "catalogue", suite, client, catalogue, metadata_model.version, args.queries
+            "catalogue",
+            suite,
+            client,
+            catalogue,
+            catalogue_meta,
+            metadata_model.version,
+            args.queries,
         )
 
         # decode: one code over gRPC vs decoding and PNG-encoding it in-process
@@ -250,9 +285,8 @@ def main() -> int:
             lambda i: to_png(decoder.decode(vectors[i % 64][None])[0]), args.queries
         )
 
-        # recommend: the similar list plus the cross-cluster lists
-        partitions = {s: fit_kmeans(catalogue.space(s), catalogue.item_ids, 3) for s in ("mu", "z")}
-        index = SearchIndex(catalogue, partitions)
+        # recommend: the similar list plus one eq. 3 list per other subCategory, gender rule on
+        by_sub, attributes = by_sub_category(catalogue, catalogue_meta)
         ids = np.random.default_rng(3).choice(len(catalogue), 64, replace=False)
         recommend_rpc = timed(
             lambda i: client.recommend(
@@ -260,22 +294,30 @@ def main() -> int:
             ),
             args.queries,
         )
-        recommend_local = timed(
-            lambda i: recommend(
-                index, "fixed_eps", catalogue.z[int(ids[i % 64])], 10, int(ids[i % 64])
-            ),
-            args.queries,
-        )
 
-        speedups = raw_speedups(catalogue, args.queries)
-        speedups_1m = raw_speedups(synthetic, min(args.queries, 300))
+        def recommend_in_process(i: int):
+            row = int(ids[i % 64])
+            home = by_sub.position(str(attributes[SUB][row]))
+            rule = gender_rule(str(attributes["gender"][row]))
+            return recommend(by_sub, "fixed_eps", catalogue.z[row], 10, home, None, rule, row)
+
+        recommend_local = timed(recommend_in_process, args.queries)
+
+        speedups = raw_speedups(catalogue, catalogue_meta, args.queries)
+        speedups_1m = raw_speedups(synthetic, synthetic_meta, min(args.queries, 300))
 
         # 1M synthetic codes: a second generation, served after the first
         write_generation(
             store, metadata_model.version + 1000, synthetic, synthetic_meta, metadata_model.epsilon
         )
         search_1m = measure_size(
-            "1m", suite, client, synthetic, metadata_model.version + 1000, args.queries
+            "1m",
+            suite,
+            client,
+            synthetic,
+            synthetic_meta,
+            metadata_model.version + 1000,
+            args.queries,
         )
         client.close()
 
@@ -292,9 +334,10 @@ def main() -> int:
             "raw_catalogue": speedups,
             "raw_1m": speedups_1m,
             "goals": {"catalogue_p99_ms": 5, "1m_p99_ms": 15},
-            "notes": "Search: item-id queries, k=10, inside the query's k-means cluster (k=3), over loopback gRPC to "
-            "RetrievalService; in_process_* is the same SearchIndex call without gRPC. Speedups: one fixed-ε query, "
-            "FAISS in the query's cluster vs a numpy scan and sklearn NearestNeighbors(brute) over all codes.",
+            "notes": "Search: item-id queries, k=10, inside the query's own subCategory (the default scope), over "
+            "loopback gRPC to RetrievalService; in_process_* is the same SearchIndex call without gRPC. Speedups: "
+            "one fixed-ε query, FAISS in the query's partition vs a numpy scan and sklearn NearestNeighbors(brute) "
+            "over all codes.",
         },
         command,
     )
@@ -311,7 +354,8 @@ def main() -> int:
         {**percentiles(recommend_rpc), "in_process_p50_ms": round(float(np.percentile(recommend_local, 50)), 3),
          "in_process_p99_ms": round(float(np.percentile(recommend_local, 99)), 3),
          "grpc_overhead_ratio_p50": ratio(recommend_rpc, recommend_local), "goal_p99_ms": 20,
-         "notes": "Item query, fixed-ε, k=10: the similar list in the query's cluster plus one list per other cluster (eq. 3)."},
+         "notes": "Item query, fixed-ε, k=10: the similar list in the query's subCategory plus one eq. 3 list per "
+                  "other subCategory, with the gender rule (the defaults)."},
         command,
     )  # fmt: skip
     print({k: data[k] for k in ("search", "decode_rpc", "recommend_rpc")})

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from atelier.taxonomy import MIN_SUBCATEGORY_IMAGES
 
-
 SOURCE = """# Sample catalogue
 
 {items} real product photos (60x80 JPEG) and their `styles.csv` rows, drawn with seed {seed} from

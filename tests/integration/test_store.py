@@ -17,7 +17,7 @@ def _record(item_id: str, seed: int) -> ItemRecord:
     rng = np.random.default_rng(seed)
     mu, sigma = rng.normal(size=16).astype(np.float32), rng.uniform(0.1, 1, 16).astype(np.float32)
     return ItemRecord(
-        item_id, mu, sigma, mu + sigma, {"category": "Bags", "article_type": "Handbags"}
+        item_id, mu, sigma, mu + sigma, {"sub_category": "Bags", "article_type": "Handbags"}
     )
 
 
@@ -28,8 +28,23 @@ def test_codes_are_packed_float32_and_round_trip(store: CodeStore):
     assert isinstance(raw, bytes) and len(raw) == 16 * 4  # packed float32, not JSON
     loaded = store.item(7, "42")
     assert np.array_equal(loaded.mu, record.mu) and np.array_equal(loaded.sigma, record.sigma)
-    assert loaded.metadata["category"] == "Bags"
+    assert loaded.metadata["sub_category"] == "Bags"
+    assert loaded.metadata["article_type"] == "Handbags" and loaded.metadata["gender"] == ""
     assert store.item(8, "42") is None
+
+
+def test_first_version_records_keep_their_category(store: CodeStore):
+    """Codes written by the first version held one `category` field: it is the subCategory."""
+    record = _record("7", 0)
+    store.redis.hset(
+        "atelier:gen:3:item:7",
+        mapping={"mu": record.mu.tobytes(), "sigma": record.sigma.tobytes(),
+                 "z": record.z.tobytes(), "category": "Eyewear", "article_type": "Sunglasses"},
+    )  # fmt: skip
+    store.redis.sadd("atelier:gen:3:items", "7")
+    (loaded,) = [store.item(3, "7")]
+    assert loaded.metadata["sub_category"] == "Eyewear"
+    assert store.load_codes(3).metadata[0]["sub_category"] == "Eyewear"
 
 
 def test_upserts_are_idempotent(store: CodeStore):
@@ -86,11 +101,11 @@ def test_encode_chunk_records_bad_images_and_is_idempotent(
     encoder = LoadedEncoder(models_dir)
     good = sorted(tiny_images.iterdir())[:3]
     (tmp_path / "empty.jpg").write_bytes(b"")
-    entries = [{"item_id": p.stem, "image_ref": str(p), "category": "X"} for p in good]
+    entries = [{"item_id": p.stem, "image_ref": str(p), "sub_category": "X"} for p in good]
     entries += [
         {"item_id": "empty", "image_ref": str(tmp_path / "empty.jpg")},
         {"item_id": "gone", "image_ref": str(tmp_path / "nope.jpg")},
-        {"item_id": "inline", "image": good[0].read_bytes(), "category": "Y"},
+        {"item_id": "inline", "image": good[0].read_bytes(), "sub_category": "Y"},
     ]
     queued: list[list[str]] = []
     job_id = jobs.submit(store, 1, entries, lambda _job, ids: queued.append(ids), chunk_size=4)
