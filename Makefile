@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED ?= ../shared/data/fashion-product-small
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint format protos results train-default train-baselines evaluate reproduce bench clean
+.PHONY: venv demo test lint format protos results train-default train-baselines evaluate reproduce model-choice bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,21 +36,34 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# --- the model (issue: latent model). Needs the full catalogue in $(SHARED). ---
-train-default: venv
-	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv --epochs 40 --prior-scale 10 \
-		--article-weight 30 --run-dir runs/vae-guided --export-dir models --version 1
+# --- the models. Need the full catalogue in $(SHARED); see docs/results.md. ---
+PAPER_FAMILIES := --families Footwear,Bags,Eyewear
 
+# The default model, served as version 2: the whole catalogue, the category prior (label-supervised).
+train-default: venv
+	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv --latent-dim 64 --class-weight 500 \
+		--epochs 110 --run-dir runs/vae-catalogue --export-dir models --version 2
+
+# Baselines: the paper's plain VAE on the whole catalogue, and the paper's three-family runs.
 train-baselines: venv
-	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv --kind ae --epochs 25 --run-dir runs/ae
-	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv --no-guided --epochs 25 --run-dir runs/vae-plain
+	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv --latent-dim 64 --no-category-prior \
+		--epochs 40 --run-dir runs/plain-vae
+	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv $(PAPER_FAMILIES) --latent-dim 16 \
+		--no-category-prior --epochs 25 --schedule constant --no-flip --run-dir runs/paper-plain-vae
+	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv $(PAPER_FAMILIES) --latent-dim 16 \
+		--kind ae --epochs 25 --schedule constant --no-flip --run-dir runs/paper-ae
 
 evaluate: venv
-	$(BIN)/atelier evaluate --catalogue $(SHARED)/styles.csv --models models \
-		--ae-run runs/ae --plain-vae-run runs/vae-plain --docs docs
+	$(BIN)/atelier evaluate --catalogue $(SHARED)/styles.csv --models models --version 2 \
+		--baseline plain_vae=runs/plain-vae --docs docs
+	$(BIN)/atelier evaluate --catalogue $(SHARED)/styles.csv $(PAPER_FAMILIES) --models models \
+		--version 1 --baseline plain_vae=runs/paper-plain-vae --baseline ae=runs/paper-ae --docs docs
 
 reproduce: venv
 	$(BIN)/python -m bench.reproduce_map
+
+model-choice: venv
+	$(BIN)/python -m bench.model_choice --catalogue $(SHARED)/styles.csv
 
 results: train-default train-baselines evaluate reproduce
 

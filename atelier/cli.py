@@ -245,7 +245,7 @@ def build_parser(
     train.add_argument(
         "--size", type=_size, default=(80, 64), help="model input HxW (default 80x64)"
     )
-    train.add_argument("--latent-dim", type=int, default=32)
+    train.add_argument("--latent-dim", type=int, default=64)
     train.add_argument(
         "--filters", type=int, nargs=3, default=[32, 64, 128], help="conv filters per stage"
     )
@@ -265,7 +265,7 @@ def build_parser(
         "--no-category-prior trains the paper's plain VAE",
     )
     train.add_argument(
-        "--class-weight", type=float, default=30.0, help="weight of the category posterior's loss"
+        "--class-weight", type=float, default=500.0, help="weight of the category posterior's loss"
     )
     train.add_argument("--min-subcategory-images", type=int, default=50)
     train.add_argument("--min-component-images", type=int, default=20)

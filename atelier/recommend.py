@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atelier.generation import Partitioning
+from atelier.find import Query, home_partition, partitioning
+from atelier.generation import Generation, Partitioning
 from atelier.search import Where, query_space
 
 UNISEX = "Unisex"
@@ -76,3 +77,49 @@ def recommend(
         if len(rows):
             pairings[other] = (rows, scores)
     return Recommendation(home, similar, pairings)
+
+
+@dataclass(frozen=True)
+class Look:
+    """A complete-the-look answer with its partitions named."""
+
+    partitioning: str
+    home: str
+    similar: tuple[np.ndarray, np.ndarray]
+    pairings: dict[str, tuple[np.ndarray, np.ndarray]]
+    matched_gender: str  # the gender the pairings were matched to; empty when the rule was off
+
+
+def complete_the_look(
+    generation: Generation,
+    method: str,
+    query: Query,
+    k: int,
+    partitioning_name: str = "sub_category",
+    targets: Sequence[str] = (),
+    match_gender: bool = True,
+    gender: str = "",
+) -> Look:
+    """Similar items in the query's partition and eq. 3 pairings from the named targets (every
+    other partition by default). With `match_gender`, pairings follow the gender rule for the
+    item's gender, or `gender` for a code or photo. Raises ValueError for unknown targets."""
+    cut = partitioning(generation, partitioning_name)
+    home = home_partition(cut, method, query)
+    positions = None
+    if targets:
+        unknown = [t for t in targets if cut.position(t) is None]
+        if unknown:
+            raise ValueError(
+                f"unknown target categories {unknown}; choose from {', '.join(cut.names)}"
+            )
+        positions = [cut.position(t) for t in targets]
+    matched = (query.gender or gender) if match_gender else ""
+    rule = gender_rule(matched)
+    result = recommend(cut, method, query.vector, k, home, positions, rule, query.row)
+    return Look(
+        cut.name,
+        cut.names[result.home],
+        result.similar,
+        {cut.names[p]: found for p, found in result.pairings.items()},
+        matched if rule else "",
+    )

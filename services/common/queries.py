@@ -12,7 +12,8 @@ import grpc
 import numpy as np
 
 from atelier import generation as generations
-from atelier.generation import KMEANS, SUB, CategoryOf, Generation, Partitioning
+from atelier.find import PartitionUnavailable, Query
+from atelier.generation import KMEANS, CategoryOf, Generation
 from atelier.latent import validate_vector
 from atelier.search import query_space
 from atelier.store import CodeStore
@@ -32,30 +33,39 @@ MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
 class QueryError(Exception):
+    """A failure with its own status (for example the encoder's, passed on)."""
+
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code = code
         self.message = message
 
 
+@contextmanager
+def statuses(context) -> Iterator[None]:
+    """Domain errors to gRPC statuses, the same way in every query servicer."""
+    try:
+        yield
+    except QueryError as exc:
+        context.abort(exc.code, exc.message)
+    except PartitionUnavailable as exc:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except LookupError as exc:
+        context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0] if exc.args else exc))
+    except ValueError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
 def method_name(value: int) -> str:
     if value not in METHODS:
-        raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown ranking method {value}")
+        raise ValueError(f"unknown ranking method {value}")
     return METHODS[value]
 
 
 def check_k(k: int) -> int:
     if not 1 <= k <= 1000:
-        raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, f"k must be between 1 and 1000, got {k}")
+        raise ValueError(f"k must be between 1 and 1000, got {k}")
     return k
-
-
-@dataclass(frozen=True)
-class ResolvedQuery:
-    vector: np.ndarray  # in the method's space
-    row: int | None  # the query's own row, for a catalogue item
-    category: CategoryOf
-    gender: str  # a catalogue item's gender; empty for codes and photos
 
 
 def resolve(
@@ -65,25 +75,19 @@ def resolve(
     encoder: encoder_pb2_grpc.EncoderServiceStub | None,
     remaining: float | None,
     max_abs: float,
-) -> ResolvedQuery:
+) -> Query:
     """The query's vector in the method's space, its own row when it is a catalogue item, and
     its category: the item's, or predicted from the code."""
     space = query_space(method)
     source = query.WhichOneof("source")
     if source == "vector":
-        try:
-            vector = validate_vector(query.vector.values, generation.latent_dim, max_abs)
-        except ValueError as exc:
-            raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        return ResolvedQuery(vector, None, generation.predict_category(vector), "")
+        vector = validate_vector(query.vector.values, generation.latent_dim, max_abs)
+        return Query(vector, None, generation.predict_category(vector), "")
     if source == "item_id":
         row = generation.row_of.get(query.item_id)
         if row is None:
-            raise QueryError(
-                grpc.StatusCode.NOT_FOUND,
-                f"unknown item {query.item_id!r} in generation {generation.version}",
-            )
-        return ResolvedQuery(
+            raise LookupError(f"unknown item {query.item_id!r} in generation {generation.version}")
+        return Query(
             generation.codes.space(space)[row].astype(np.float64),
             row,
             generation.category_of_row(row),
@@ -91,11 +95,9 @@ def resolve(
         )
     if source == "image":
         if not query.image:
-            raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+            raise ValueError("image is empty")
         if len(query.image) > MAX_IMAGE_BYTES:
-            raise QueryError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"image is larger than {MAX_IMAGE_BYTES} bytes"
-            )
+            raise ValueError(f"image is larger than {MAX_IMAGE_BYTES} bytes")
         if encoder is None:
             raise QueryError(
                 grpc.StatusCode.FAILED_PRECONDITION, "query by image needs ENCODER_ADDR"
@@ -116,40 +118,8 @@ def resolve(
             raise QueryError(code, f"encoder: {exc.details()}") from None
         mu = np.asarray(reply.code.mu, dtype=np.float64)
         vector = np.asarray(reply.code.z, dtype=np.float64) if space == "z" else mu
-        return ResolvedQuery(vector, None, generation.predict_category(mu), "")
-    raise QueryError(
-        grpc.StatusCode.INVALID_ARGUMENT, "query needs a vector, an item_id or an image"
-    )
-
-
-def home_partition(
-    partitioning: Partitioning, method: str, query: ResolvedQuery, generation: Generation
-) -> int:
-    """The query's own partition: its category's, or the nearest k-means centre."""
-    if partitioning.name == KMEANS:
-        return int(partitioning.by_space[query_space(method)].assign(query.vector)[0])
-    name = (
-        query.category.sub_category if partitioning.name == SUB else query.category.master_category
-    )
-    position = partitioning.position(name)
-    if position is None:
-        raise QueryError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"generation {generation.version} has no category {name!r} to search in; "
-            "search the whole catalogue instead",
-        )
-    return position
-
-
-def partitioning(generation: Generation, name: str) -> Partitioning:
-    if name not in generation.partitionings:
-        raise QueryError(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "k-means partitions are off in this deployment (KMEANS_K=0)"
-            if name == KMEANS
-            else f"no {name} partitions",
-        )
-    return generation.partitionings[name]
+        return Query(vector, None, generation.predict_category(mu), "")
+    raise ValueError("query needs a vector, an item_id or an image")
 
 
 def category_message(category: CategoryOf) -> common_pb2.CategoryPrediction:

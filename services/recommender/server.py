@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import grpc
 
 from atelier.generation import KMEANS, MASTER, SUB
-from atelier.recommend import gender_rule, recommend
+from atelier.recommend import complete_the_look
 from atelier.search import query_space
 from atelier.v1 import encoder_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 from services.common import queries
@@ -33,14 +33,11 @@ class RecommenderServicer(
 ):
     def Recommend(self, request, context):
         generation = self.generation(context)
-        try:
+        with queries.statuses(context):
             method = queries.method_name(request.method)
             k = queries.check_k(request.k)
             if request.partition not in PARTITIONS:
-                raise queries.QueryError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"unknown partition {request.partition}"
-                )
-            partitioning = queries.partitioning(generation, PARTITIONS[request.partition])
+                raise ValueError(f"unknown partition {request.partition}")
             query = queries.resolve(
                 request.query,
                 generation,
@@ -49,53 +46,30 @@ class RecommenderServicer(
                 context.time_remaining(),
                 self.max_abs_latent,
             )
-            home = queries.home_partition(partitioning, method, query, generation)
-            targets = None
-            if request.target_categories:
-                unknown = [t for t in request.target_categories if partitioning.position(t) is None]
-                if unknown:
-                    raise queries.QueryError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"unknown target categories {unknown}; choose from "
-                        f"{', '.join(partitioning.names)}",
-                    )
-                targets = [partitioning.position(t) for t in request.target_categories]
-        except queries.QueryError as exc:
-            context.abort(exc.code, exc.message)
-        match_gender = request.match_gender if request.HasField("match_gender") else True
-        gender = (query.gender or request.gender) if match_gender else ""
-        space = query_space(method)
-        try:
-            result = recommend(
-                partitioning,
+            look = complete_the_look(
+                generation,
                 method,
-                query.vector,
+                query,
                 k,
-                home,
-                targets,
-                gender_rule(gender),
-                exclude_row=query.row,
+                PARTITIONS[request.partition],
+                request.target_categories,
+                request.match_gender if request.HasField("match_gender") else True,
+                request.gender,
             )
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        names = partitioning.names
-        return recommender_pb2.RecommendResponse(
-            query_partition=names[result.home],
-            similar=recommender_pb2.PartitionList(
-                partition=names[result.home],
-                items=queries.scored_items(generation, *result.similar, partitioning.name, space),
-            ),
-            pairings=[
-                recommender_pb2.PartitionList(
-                    partition=names[other],
-                    items=queries.scored_items(generation, rows, scores, partitioning.name, space),
-                )
-                for other, (rows, scores) in result.pairings.items()
-            ],
-            model_version=generation.version,
-            query_category=queries.category_message(query.category),
-            matched_gender=gender if gender_rule(gender) else "",
-        )
+            space = query_space(method)
+
+            def listed(name: str, found) -> recommender_pb2.PartitionList:
+                items = queries.scored_items(generation, *found, look.partitioning, space)
+                return recommender_pb2.PartitionList(partition=name, items=items)
+
+            return recommender_pb2.RecommendResponse(
+                query_partition=look.home,
+                similar=listed(look.home, look.similar),
+                pairings=[listed(name, found) for name, found in look.pairings.items()],
+                model_version=generation.version,
+                query_category=queries.category_message(query.category),
+                matched_gender=look.matched_gender,
+            )
 
 
 @contextmanager

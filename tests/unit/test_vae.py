@@ -139,7 +139,7 @@ def test_loss_decreases_over_a_few_steps(tmp_path, tiny_dataset, tiny_taxonomy, 
     )
     result = train(
         config,
-        TrainConfig(epochs=4, batch_size=64, seed=1, flip=True),
+        TrainConfig(epochs=8, batch_size=64, seed=1, flip=True),
         images,
         components if category_prior else None,
         tmp_path / "run",
