@@ -221,7 +221,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=1))
     print(
         f"\nOpen {args.out / 'tour.png'}: row 1 the item and its decoded code, rows 2-3 its nearest "
-        "neighbours (fixed-ε, log-likelihood), then one row per other cluster (eq. 3)."
+        "neighbours in its subCategory (fixed-ε, log-likelihood), then one complete-the-look row "
+        "per other subCategory (eq. 3)."
     )
     return 0
 

@@ -1,8 +1,9 @@
 """A self-contained tour of the model on the shipped sample catalogue: design, find and pair.
 
-Encodes the catalogue with the committed model, clusters it (k-means, k=3), then for one item
-writes a contact sheet (the item, its nearest neighbours in its cluster, and one recommendation
-row per other cluster by the paper's eq. 3) and a latent traversal strip.
+Encodes the catalogue with the newest exported model, then for one item writes a contact sheet
+(the item and its decoded code, its nearest neighbours in its subCategory by fixed-ε distance
+and by log-likelihood, and one complete-the-look row per other subCategory by the paper's eq. 3,
+with the gender rule) and a slider strip along its subCategory's leading direction.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from atelier.catalogue import load_images, read_catalogue_csv
-from atelier.clustering import fit_kmeans
 from atelier.evaluation import save_grid
-from atelier.latent import log_likelihood
+from atelier.generation import MASTER, SUB, categorise, index_partitions
 from atelier.modelstore import LoadedDecoder, LoadedEncoder
+from atelier.recommend import gender_rule, recommend
+from atelier.search import CodeSet
+from atelier.sliders import slider_basis
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +29,20 @@ def run_demo(
     models_dir: Path,
     out_dir: Path,
     item_id: str | None,
-    k: int = 3,
     neighbours: int = 8,
     seed: int = 0,
 ) -> dict:
     encoder = LoadedEncoder(models_dir)
     decoder = LoadedDecoder(models_dir, encoder.metadata.version)
     loaded = load_images(read_catalogue_csv(catalogue_csv), encoder.metadata.image_size)
-    codes = encoder.encode(loaded.images)
-    partition = fit_kmeans(codes["z"], loaded.ids, k, seed)
-    labels, centres = partition.labels, partition.centres
+    encoded = encoder.encode(loaded.images)
+    codes = CodeSet(loaded.ids, encoded["mu"], encoded["sigma"], encoded["z"])
+    categories = categorise(
+        codes.mu, loaded.labels("sub_category"), loaded.labels("master_category"), None
+    )
+    genders = loaded.labels("gender")
+    attributes = {SUB: categories.subs, MASTER: categories.masters, "gender": genders}
+    by_sub = index_partitions(codes, attributes, categories.master_of)[SUB]
     ids = loaded.ids
     if item_id is None:
         query = int(np.random.default_rng(seed).integers(len(ids)))
@@ -45,60 +52,40 @@ def run_demo(
         raise SystemExit(
             f"item {item_id} is not in {catalogue_csv} (or its image could not be used)"
         )
-    z_query = codes["z"][query]
-    home = int(labels[query])
-
-    def nearest(target: np.ndarray, cluster: int, exclude: int | None) -> np.ndarray:
-        members = np.flatnonzero(labels == cluster)
-        members = members[members != exclude] if exclude is not None else members
-        distance = np.linalg.norm(codes["z"][members] - target, axis=1)
-        return members[np.argsort(distance, kind="stable")[:neighbours]]
-
-    similar = nearest(z_query, home, query)
-    members = np.flatnonzero(labels == home)
-    members = members[members != query]
-    loglik = log_likelihood(codes["mu"][query], codes["mu"][members], codes["sigma"][members])[0]
-    similar_loglik = members[np.argsort(-loglik, kind="stable")[:neighbours]]
-    pairs = {}
-    for other in range(k):
-        if other != home:
-            # The paper's eq. 3: shift the query by the difference of cluster centres.
-            pairs[other] = nearest(z_query + (centres[other] - centres[home]), other, None)
+    home = by_sub.position(str(categories.subs[query]))
+    assert home is not None
+    rule = gender_rule(str(genders[query]))
+    look = recommend(by_sub, "fixed_eps", codes.z[query], neighbours, home, None, rule, query)
+    by_loglik = by_sub.index.search(
+        "loglik", codes.mu[query], neighbours, by_sub.members[home], exclude_row=query
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     images = loaded.images
-    blank = np.ones_like(images[0])
-    rows = [
-        np.stack([images[query], decoder.decode(z_query[None])[0], *[blank] * (neighbours - 2)])
-    ]
-    rows += [images[similar], images[similar_loglik]]
-    rows += [images[p] for p in pairs.values()]
+    rows = [np.stack([images[query], decoder.decode(codes.z[query][None])[0]])]
+    rows += [images[look.similar[0]], images[by_loglik[0]]]
+    rows += [images[found[0]] for found in look.pairings.values()]
     save_grid(rows, out_dir / "tour.png")
-    steps = np.linspace(-3, 3, 9)
-    spread = codes["mu"].std(axis=0)
-    dim = int(np.argmax(spread))
-    strip = np.repeat(codes["mu"][query][None], len(steps), axis=0)
-    strip[:, dim] = codes["mu"][:, dim].mean() + steps * spread[dim]
+    basis = slider_basis(codes.mu[categories.subs == categories.subs[query]])
+    steps = np.linspace(basis.lower[0], basis.upper[0], 9) - basis.values(codes.mu[query])[0]
+    strip = codes.mu[query][None] + np.outer(steps, basis.directions[0])
     save_grid([decoder.decode(strip.astype(np.float32))], out_dir / "slider.png")
 
     def describe(index: int) -> str:
         item = loaded.items[index]
-        return f"{item.item_id} ({item.category}/{item.article_type})"
+        return f"{item.item_id} ({item.sub_category}/{item.article_type}, {item.gender})"
 
-    summary = {
+    return {
         "catalogue": str(catalogue_csv),
         "items": len(ids),
         "skipped": loaded.report.failures,
         "model_version": encoder.metadata.version,
         "query": describe(query),
-        "cluster": home,
-        "similar_fixed_eps": [describe(i) for i in similar],
-        "similar_loglik": [describe(i) for i in similar_loglik],
-        "recommendations": {f"cluster {c}": [describe(i) for i in p] for c, p in pairs.items()},
-        "images": {
-            "tour": str(out_dir / "tour.png"),
-            "slider": str(out_dir / "slider.png"),
-            "slider_dim": dim,
+        "sub_category": str(categories.subs[query]),
+        "similar_fixed_eps": [describe(i) for i in look.similar[0]],
+        "similar_loglik": [describe(i) for i in by_loglik[0]],
+        "complete_the_look": {
+            by_sub.names[p]: [describe(i) for i in found[0]] for p, found in look.pairings.items()
         },
+        "images": {"tour": str(out_dir / "tour.png"), "slider": str(out_dir / "slider.png")},
     }
-    return summary

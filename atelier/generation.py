@@ -24,7 +24,6 @@ from atelier.store import CodeStore
 log = logging.getLogger(__name__)
 SPACES = ("mu", "z")
 SUB, MASTER, KMEANS = "sub_category", "master_category", "kmeans"
-PARTITIONINGS = (SUB, MASTER, KMEANS)
 PREDICTOR_STATE = "categories:sub_category"
 UNKNOWN = "Unknown"  # the subCategory of items with no label when nothing can be predicted
 
@@ -94,10 +93,12 @@ class Generation:
     def predict_category(self, vector: np.ndarray) -> CategoryOf:
         """The category of a code with no label (a photo, a slider position)."""
         if self.predictor is None:
-            return CategoryOf(UNKNOWN, "", 0.0, False)
+            return CategoryOf(UNKNOWN, UNKNOWN, 0.0, False)
         prediction = self.predictor.predict(np.asarray(vector)[None])
         sub = str(prediction.labels[0])
-        return CategoryOf(sub, self.master_of.get(sub, ""), float(prediction.confidence[0]), False)
+        return CategoryOf(
+            sub, self.master_of.get(sub, UNKNOWN), float(prediction.confidence[0]), False
+        )
 
     def category_where(self, name: str) -> Where:
         """The filter for a named category: a subCategory or a masterCategory."""
@@ -118,7 +119,7 @@ class Generation:
         """(subCategory, masterCategory, items) for every subCategory, largest first."""
         subs, counts = np.unique(self.attributes[SUB], return_counts=True)
         pairs = [
-            (str(s), self.master_of.get(str(s), ""), int(n))
+            (str(s), self.master_of.get(str(s), UNKNOWN), int(n))
             for s, n in zip(subs, counts, strict=True)
         ]
         return sorted(pairs, key=lambda p: (-p[2], p[0]))
