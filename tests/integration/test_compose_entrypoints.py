@@ -12,16 +12,16 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 import yaml
 
+from atelier.modelstore import model_versions
 from atelier.processes import free_port, start_redis
 from atelier.store import CodeStore
-from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from atelier.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.launcher import ManagedProcess, start_process, wait_serving
 
 pytestmark = pytest.mark.integration
@@ -140,21 +140,26 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
         for name in ("modelserver", "encoder"):
             wait_serving(launch(name))
         launch("worker")
-        with grpc.insecure_channel(f"127.0.0.1:{ports['encoder']}") as channel:
-            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
-            job = stub.SubmitCatalogue(
-                encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)), timeout=60
-            )
-            deadline = time.monotonic() + 180
-            while (
-                stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5).state
-                != common_pb2.JOB_STATE_SUCCEEDED
-            ):
-                assert time.monotonic() < deadline, (
-                    "the compose-style worker did not finish the job"
-                )
-                time.sleep(0.2)
-        CodeStore.from_url(redis_server.url).serve(job.model_version)
+        # The bootstrap, as compose runs it: roll out the newest model version and serve it.
+        bootstrap = []
+        mounts = {
+            "/catalogue/sample-catalogue/styles.csv": str(tiny_csv),
+            "/models": str(models_dir),
+        }
+        for arg in compose["bootstrap"]["command"]:
+            arg = mounts.get(arg, arg)
+            for container, local in hosts.items():
+                arg = arg.replace(container, local)
+            bootstrap.append(arg)
+        assert bootstrap[:2] == ["atelier", "encode"]
+        argv = [sys.executable, "-m", "services.cli", *bootstrap[1:]]
+        first = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stdout + first.stderr
+        newest = model_versions(models_dir)[-1]
+        store = CodeStore.from_url(redis_server.url)
+        assert store.served_version() == newest and store.item_count(newest) == 300
+        again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "already served" in again.stdout
         for name in ("decoder", "retrieval", "recommender"):
             wait_serving(launch(name))
         gateway = launch("gateway")
