@@ -42,12 +42,12 @@ PAPER_FAMILIES := --families Footwear,Bags,Eyewear
 # The default model, served as version 2: the whole catalogue, the category prior (label-supervised).
 train-default: venv
 	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv --latent-dim 64 --class-weight 500 \
-		--epochs 110 --run-dir runs/vae-catalogue --export-dir models --version 2
+		--epochs 45 --run-dir runs/vae-catalogue --export-dir models --version 2
 
 # Baselines: the paper's plain VAE on the whole catalogue, and the paper's three-family runs.
 train-baselines: venv
 	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv --latent-dim 64 --no-category-prior \
-		--epochs 40 --run-dir runs/plain-vae
+		--epochs 20 --run-dir runs/plain-vae
 	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv $(PAPER_FAMILIES) --latent-dim 16 \
 		--no-category-prior --epochs 25 --schedule constant --no-flip --run-dir runs/paper-plain-vae
 	$(BIN)/atelier train --catalogue $(SHARED)/styles.csv $(PAPER_FAMILIES) --latent-dim 16 \
@@ -63,7 +63,7 @@ reproduce: venv
 	$(BIN)/python -m bench.reproduce_map
 
 model-choice: venv
-	$(BIN)/python -m bench.model_choice --catalogue $(SHARED)/styles.csv
+	$(BIN)/python -m bench.model_choice --catalogue $(SHARED)/styles.csv --epochs 3
 
 results: train-default train-baselines evaluate reproduce
 

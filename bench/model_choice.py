@@ -37,11 +37,9 @@ from atelier.taxonomy import MIN_SUBCATEGORY_IMAGES
 log = logging.getLogger("bench.model_choice")
 CANDIDATES = {
     "latent 16": ["--latent-dim", "16"],
-    "latent 32 (default)": ["--latent-dim", "32"],
-    "latent 64": ["--latent-dim", "64"],
-    "latent 32, class weight 100": ["--latent-dim", "32", "--class-weight", "100"],
-    "latent 32, +1 conv per stage": ["--latent-dim", "32", "--convs-per-stage", "1"],
-    "latent 32, plain VAE (no category prior)": ["--latent-dim", "32", "--no-category-prior"],
+    "latent 32": ["--latent-dim", "32"],
+    "latent 64 (default)": ["--latent-dim", "64"],
+    "latent 64, plain VAE (no category prior)": ["--latent-dim", "64", "--no-category-prior"],
 }
 
 
