@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -225,9 +225,12 @@ def read_metadata(
         raise FileNotFoundError(
             f"{name} version {version} not found under {models_dir} (have {versions})"
         )
-    return ModelMetadata.from_json(
+    metadata = ModelMetadata.from_json(
         json.loads((Path(models_dir) / name / str(version) / METADATA_FILE).read_text())
     )
+    # The folder is the version, as TensorFlow Serving sees it: a copy under another number
+    # is that version.
+    return replace(metadata, version=version)
 
 
 class LoadedEncoder:

@@ -138,7 +138,7 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
 
     try:
         for name in ("modelserver", "encoder"):
-            wait_serving(launch(name))
+            wait_serving(launch(name), timeout=300)
         launch("worker")
         # The bootstrap, as compose runs it: roll out the newest model version and serve it.
         bootstrap = []
@@ -161,7 +161,7 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
         again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0 and "already served" in again.stdout
         for name in ("decoder", "retrieval", "recommender"):
-            wait_serving(launch(name))
+            wait_serving(launch(name), timeout=300)
         gateway = launch("gateway")
         from services.demo import wait_http
 

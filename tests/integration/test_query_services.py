@@ -357,11 +357,15 @@ def test_decode_traverse_and_random_start(decoder, reference):
     start = decoder.RandomStart(
         decoder_pb2.RandomStartRequest(seed=3, category="Eyewear"), timeout=10
     )
-    assert start.item.sub_category == "Eyewear" and len(start.code.mu) == 16
+    latent_dim = reference.codes.mu.shape[1]
+    assert start.item.sub_category == "Eyewear" and len(start.code.mu) == latent_dim
     assert start.category.sub_category == "Eyewear" and start.category.from_label
     assert all(lo < hi for lo, hi in zip(start.lower, start.upper, strict=True))
     sliders = start.sliders
-    assert len(sliders.directions) == 16 and list(sliders.labels[:2]) == ["z0", "z1"]
+    # One slider per dimension up to 16 dimensions, else the 16 leading directions.
+    expected_labels = ["z0", "z1"] if latent_dim <= 16 else ["direction 1", "direction 2"]
+    assert len(sliders.directions) == min(16, latent_dim)
+    assert list(sliders.labels[:2]) == expected_labels
     assert all(lo < hi for lo, hi in zip(sliders.lower, sliders.upper, strict=True))
     footwear = decoder.RandomStart(
         decoder_pb2.RandomStartRequest(seed=1, category="Footwear"), timeout=10
