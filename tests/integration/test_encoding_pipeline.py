@@ -312,6 +312,7 @@ def test_model_server_speaks_tensorflow_serving_errors(encoding_suite):
     with pytest.raises(grpc.RpcError) as error:
         stub.GetModelMetadata(metadata, timeout=10)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
-    images, version = client.decode(np.zeros((2, 16), np.float32), version=1)
+    committed_dim = client.shape(1).latent_dim  # version 1 here is a copy of the committed model
+    images, version = client.decode(np.zeros((2, committed_dim), np.float32), version=1)
     assert images.shape == (2, 80, 64, 3) and version == 1
     client.close()
