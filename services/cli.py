@@ -13,13 +13,21 @@ from pathlib import Path
 from atelier import cli as model_cli
 
 
+def _store(args: argparse.Namespace):
+    """The store at --redis, with REDIS_PASSWORD_FILE and the REDIS_TLS_* files applied."""
+    from atelier.store import CodeStore
+    from services.common.redisconf import with_secrets
+
+    return CodeStore.from_url(with_secrets(args.redis))
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     """Submit a catalogue to the EncoderService and follow the job with a progress bar."""
     import grpc
 
-    from atelier.store import CodeStore
     from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
     from services.common.client import follow_job
+    from services.common.tls import make_channel
 
     version = args.version
     if version == "latest":
@@ -30,11 +38,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
             print(f"error: no exported model versions under {args.models}", file=sys.stderr)
             return 2
         version = versions[-1]
-    served = CodeStore.from_url(args.redis).served_version() if args.skip_if_served else None
+    served = _store(args).served_version() if args.skip_if_served else None
     if served is not None and (not version or served == version):
         print(f"generation {served} is already served; nothing to do")
         return 0
-    with grpc.insecure_channel(args.encoder) as channel:
+    with make_channel(args.encoder) as channel:
         stub = encoder_pb2_grpc.EncoderServiceStub(channel)
         request = encoder_pb2.SubmitCatalogueRequest(
             csv_path=str(args.catalogue.resolve()),
@@ -52,15 +60,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
         print(f"failed {failure.item_id}: {failure.reason}")
     print(f"{common_pb2.JobState.Name(job.state)}: {job.done} encoded, {job.failed} failed")
     if args.serve and job.state == common_pb2.JOB_STATE_SUCCEEDED and job.done:
-        CodeStore.from_url(args.redis).serve(job.model_version)
+        _store(args).serve(job.model_version)
         print(f"now serving model version {job.model_version}")
     return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
 
 
 def cmd_generations(args: argparse.Namespace) -> int:
-    from atelier.store import CodeStore
-
-    store = CodeStore.from_url(args.redis)
+    store = _store(args)
     if args.action == "list":
         served = store.served_version()
         for version in store.model_versions():

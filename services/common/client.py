@@ -6,8 +6,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from atelier.v1 import (
     common_pb2,
     decoder_pb2,
@@ -19,7 +17,7 @@ from atelier.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
-from services.common.runtime import MAX_MESSAGE_BYTES
+from services.common.tls import ClientTLS, make_channel
 
 METHODS = {
     "loglik": common_pb2.RANKING_METHOD_LOGLIK,
@@ -72,16 +70,16 @@ def make_query(
 
 
 class AtelierClient:
-    def __init__(self, addresses: Addresses, timeout: float = 10.0):
-        options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # With a dns:///name:port address, spread calls over every replica the name resolves to.
-            ("grpc.lb_policy_name", "round_robin"),
-        ]
+    """Stubs of the four services. TLS as `tls` says (None: from the environment); a call
+    refused as overloaded (RESOURCE_EXHAUSTED) is retried up to 3 times, after the server's hint,
+    within the call's deadline."""
+
+    def __init__(self, addresses: Addresses, timeout: float = 10.0, tls: ClientTLS | None = None):
+        tls = ClientTLS.from_env() if tls is None else tls
         self.timeout = timeout
         self._channels = {
-            name: grpc.insecure_channel(getattr(addresses, name), options=options)
+            # With a dns:///name:port address, round robin spreads calls over every replica.
+            name: make_channel(getattr(addresses, name), tls, round_robin=True, retry_overload=True)
             for name in ("encoder", "decoder", "retrieval", "recommender")
         }
         self.encoder = encoder_pb2_grpc.EncoderServiceStub(self._channels["encoder"])

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atelier.processes import free_port, start_redis, stop_pid
+from services.common.tls import ClientTLS, make_channel
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,11 +55,14 @@ def start_process(
     return ManagedProcess(name, process, address, log_path)
 
 
-def wait_serving(managed: ManagedProcess, timeout: float = 120.0) -> None:
-    """Poll the standard gRPC health service until it says SERVING."""
+def wait_serving(
+    managed: ManagedProcess, timeout: float = 120.0, tls: ClientTLS | None = None
+) -> None:
+    """Poll the standard gRPC health service until it says SERVING (TLS as `tls` says, None:
+    from this process's environment)."""
     assert managed.address is not None
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(managed.address) as channel:
+    with make_channel(managed.address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if managed.process.poll() is not None:
@@ -126,7 +130,7 @@ class Suite:
         argv = [sys.executable, "-m", f"services.{name}"]
         managed = self.add(start_process(name, argv, self.env, self.log_dir, address))
         if wait:
-            wait_serving(managed, timeout)
+            wait_serving(managed, timeout, ClientTLS.from_env({**os.environ, **self.env}))
         return managed
 
     def start_worker(self, name: str, concurrency: int = 1) -> ManagedProcess:

@@ -19,6 +19,7 @@ from atelier.search import query_space
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from services.common.generation_holder import GenerationHolder
+from services.common.redisconf import redis_url_from_env
 from services.common.runtime import RunningServer, env_float, env_int, env_str, grpc_server
 
 METHODS = {
@@ -185,7 +186,7 @@ class QuerySettings:
     @classmethod
     def read(cls, prefix: str, default_port: int):
         return cls(
-            redis_url=env_str("REDIS_URL"),
+            redis_url=redis_url_from_env(),
             encoder_addr=env_str("ENCODER_ADDR", "127.0.0.1:50051"),
             host=env_str(f"{prefix}_HOST", "127.0.0.1"),
             port=env_int(f"{prefix}_PORT", default_port),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.redisconf import redis_url_from_env
 from services.common.runtime import env_float, env_int, env_str
 
 
@@ -21,7 +22,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            redis_url=env_str("REDIS_URL"),
+            redis_url=redis_url_from_env(),
             model_server_addr=env_str("MODEL_SERVER_ADDR", "127.0.0.1:8500"),
             host=env_str("DECODER_HOST", "127.0.0.1"),
             port=env_int("DECODER_PORT", 50052),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.redisconf import redis_url_from_env
 from services.common.runtime import env_float, env_int, env_str
 
 
@@ -22,7 +23,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            redis_url=env_str("REDIS_URL"),
+            redis_url=redis_url_from_env(),
             model_server_addr=env_str("MODEL_SERVER_ADDR", "127.0.0.1:8500"),
             models_dir=Path(env_str("MODELS_DIR", "models")),
             host=env_str("ENCODER_HOST", "127.0.0.1"),

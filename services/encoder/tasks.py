@@ -15,6 +15,7 @@ from celery import Celery
 
 from atelier import jobs
 from atelier.store import CodeStore
+from services.common.redisconf import celery_broker
 from services.encoder.config import Settings
 
 if TYPE_CHECKING:
@@ -29,8 +30,10 @@ class TransientModelError(Exception):
 
 
 def make_app(settings: Settings) -> Celery:
-    app = Celery("atelier", broker=settings.redis_url)
+    broker, broker_ssl = celery_broker(settings.redis_url)
+    app = Celery("atelier", broker=broker)
     app.conf.update(
+        broker_use_ssl=broker_ssl,  # None unless rediss://
         task_acks_late=True,  # a chunk is acknowledged only after its codes are written
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atelier.store import CodeStore
 from services.common.client import METHODS, Addresses, AtelierClient, make_query
+from services.common.tls import https_context, make_channel
 from services.gateway.config import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
     grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.SERVICE_UNAVAILABLE,  # overloaded: retry later
 }
 
 
@@ -151,7 +154,7 @@ class Gateway:
             self.settings.recommender_addr,
         ):
             try:
-                with grpc.insecure_channel(address) as channel:
+                with make_channel(address) as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(), timeout=2
                     )
@@ -261,14 +264,48 @@ def make_handler(gateway: Gateway):
     return Handler
 
 
+class HTTPSServer(ThreadingHTTPServer):
+    """HTTPS: each connection's TLS handshake runs in its own thread, under a timeout, so a
+    client that connects and never handshakes holds up no one else (wrapping the listening
+    socket would shake hands inside accept())."""
+
+    handshake_timeout = 10.0
+
+    def __init__(self, address, handler, context: ssl.SSLContext):
+        self.context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request, client_address):
+        request.settimeout(self.handshake_timeout)
+        try:
+            secure = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        try:
+            secure.settimeout(None)
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
+
+
 @contextmanager
 def run_server(settings: Settings) -> Iterator[ThreadingHTTPServer]:
     gateway = Gateway(settings)
-    server = ThreadingHTTPServer((settings.host, settings.port), make_handler(gateway))
+    handler = make_handler(gateway)
+    address = (settings.host, settings.port)
+    if settings.tls_cert_file and settings.tls_key_file:
+        context = https_context(settings.tls_cert_file, settings.tls_key_file)
+        server: ThreadingHTTPServer = HTTPSServer(address, handler, context)
+    elif settings.tls_cert_file or settings.tls_key_file:
+        raise SystemExit("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE must be set together")
+    else:
+        server = ThreadingHTTPServer(address, handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="gateway", daemon=True)
     thread.start()
-    log.info("design studio on http://%s:%d/", settings.host, server.server_address[1])
+    scheme = "https" if isinstance(server, HTTPSServer) else "http"
+    log.info("design studio on %s://%s:%d/", scheme, settings.host, server.server_address[1])
     try:
         yield server
     finally:

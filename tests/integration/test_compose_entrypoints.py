@@ -34,6 +34,7 @@ GRPC_PORTS = {
     "retrieval": 50053,
     "recommender": 50054,
 }
+REDIS_PASSWORD = "compose-test-secret"
 
 
 def _substitute(text: str) -> str:
@@ -77,12 +78,22 @@ class RecordingEnviron(dict):
         return super().get(key, default)
 
 
-def test_every_compose_variable_is_read_by_its_service(monkeypatch):
+def _secrets(directory: Path) -> dict[str, str]:
+    """What compose's init-secrets generates, in a local folder: container path -> local path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "redis-password").write_text(REDIS_PASSWORD)
+    return {"/secrets/": f"{directory}/"}
+
+
+def test_every_compose_variable_is_read_by_its_service(monkeypatch, tmp_path):
     import importlib
 
-    compose = _compose()
+    compose, secrets = _compose(), _secrets(tmp_path / "secrets")
     for name in ("encoder", "decoder", "retrieval", "recommender", "gateway"):
         environment = {k: str(v) for k, v in compose[name]["environment"].items()}
+        for key, value in environment.items():
+            for container, local in secrets.items():
+                environment[key] = value.replace(container, local)
         recording = RecordingEnviron(environment)
         monkeypatch.setattr(os, "environ", recording)
         settings = importlib.import_module(f"services.{name}.config").Settings.from_env()
@@ -102,23 +113,31 @@ def test_every_compose_variable_is_read_by_its_service(monkeypatch):
 
 def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv):
     compose, targets = _compose(), _dockerfile_targets()
-    redis_server = start_redis(tmp_path / "redis")
+    # Redis asks for the password compose generates, as compose's redis does.
+    redis_server = start_redis(tmp_path / "redis", password=REDIS_PASSWORD)
     ports = {name: free_port() for name in (*GRPC_PORTS, "gateway")}
     hosts = {
         "redis:6379": f"127.0.0.1:{redis_server.port}",
         **{f"{n}:{p}": f"127.0.0.1:{ports[n]}" for n, p in GRPC_PORTS.items()},
+        **_secrets(tmp_path / "secrets"),
     }
     started: list[ManagedProcess] = []
 
-    def launch(name: str) -> ManagedProcess:
-        target = compose[name]["build"]["target"]
+    def compose_env(name: str, image_env: dict[str, str]) -> dict[str, str]:
         env = {
-            **targets[target]["env"],
+            **image_env,
             **{k: str(v) for k, v in (compose[name].get("environment") or {}).items()},
         }
         for key, value in list(env.items()):
             for container, local in hosts.items():
                 value = value.replace(container, local)
+            env[key] = value
+        return env
+
+    def launch(name: str) -> ManagedProcess:
+        target = compose[name]["build"]["target"]
+        env = compose_env(name, targets[target]["env"])
+        for key, value in list(env.items()):
             if key.endswith("_HOST"):
                 value = "127.0.0.1"  # tests bind loopback only
             env[key] = value
@@ -153,12 +172,13 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
             bootstrap.append(arg)
         assert bootstrap[:2] == ["atelier", "encode"]
         argv = [sys.executable, "-m", "services.cli", *bootstrap[1:]]
-        first = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        env = {**os.environ, **compose_env("bootstrap", {})}
+        first = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         newest = model_versions(models_dir)[-1]
         store = CodeStore.from_url(redis_server.url)
         assert store.served_version() == newest and store.item_count(newest) == 300
-        again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        again = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
         assert again.returncode == 0 and "already served" in again.stdout
         for name in ("decoder", "retrieval", "recommender"):
             wait_serving(launch(name))
