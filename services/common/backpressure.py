@@ -9,9 +9,11 @@ and reflection are never refused, so an overloaded service still reports SERVING
 grpc.server's own `maximum_concurrent_rpcs` is not used: it counts health checks as well, and
 refuses with a bare "Concurrent RPC limit exceeded!", with no hint of when to come back.
 
-An admitted RPC holds its slot until it has finished, whatever happens to it. Unary requests are
-read by the wrapper itself (as a one-message stream): a stream handler is always called, even for
-a call cancelled while it waited for a thread, so its slot is always given back.
+An admitted RPC holds its slot until its handler has returned, whatever happens to it: a caller
+that gives up does not stop the work its call started, so the slot stays taken until the thread
+is free again. Unary requests are read by the wrapper itself (as a one-message stream): a stream
+handler is always called, even for a call cancelled while it waited for a thread, so its slot is
+always given back. A streaming response also gives it back when the call ends.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
     @staticmethod
     def _admitted(handler: grpc.RpcMethodHandler, release: Callable[[], None]):
         def hold(context: grpc.ServicerContext) -> None:
-            # Released when the RPC ends (status sent or cancelled); at once if it already has.
+            # A response stream that is never started never runs its `finally`: release when
+            # the call ends (status sent or cancelled), or at once if it already has.
             if not context.add_callback(release):
                 release()
 
@@ -142,7 +145,6 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
             inner, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
 
             def behavior(requests, context):
-                hold(context)
                 try:
                     return inner(requests, context)
                 finally:
@@ -152,7 +154,6 @@ class ConcurrencyLimiter(grpc.ServerInterceptor):
             inner, factory = handler.unary_unary, grpc.stream_unary_rpc_method_handler
 
             def behavior(requests, context):
-                hold(context)
                 try:
                     return inner(one_request(requests, context), context)
                 finally:
