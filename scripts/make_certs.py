@@ -54,7 +54,7 @@ def _san(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, readable: bool) -> None:
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -62,7 +62,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
             serialization.NoEncryption(),
         )
     )
-    path.chmod(0o600)
+    path.chmod(0o644 if readable else 0o600)
 
 
 def _issue(
@@ -117,8 +117,10 @@ def make_certs(
     client_name: str = "atelier-client",
     days: int = 825,
     ca_name: str = "Atelier private CA",
+    readable_keys: bool = False,
 ) -> CertFiles:
-    """A fresh CA in out_dir, a server certificate for `names` and a client certificate."""
+    """A fresh CA in out_dir, a server certificate for `names` and a client certificate.
+    Keys are owner-only, unless `readable_keys` (containers run as other users than you)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = CertFiles(
@@ -138,7 +140,7 @@ def make_certs(
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(subject, key, ca_cert.subject, ca_key, days, names=tuple(san), usage=usage)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key_path, key)
+        _write_key(key_path, key, readable_keys)
     return files
 
 
@@ -151,8 +153,17 @@ def main() -> None:
         default=None,
         help="a DNS name or IP the server certificate is valid for (repeat; default: the suite's)",
     )
+    parser.add_argument(
+        "--readable-keys",
+        action="store_true",
+        help="keys readable by every user (for mounting into containers on a machine of your own)",
+    )
     args = parser.parse_args()
-    files = make_certs(args.out_dir, tuple(args.name) if args.name else SUITE_NAMES)
+    files = make_certs(
+        args.out_dir,
+        tuple(args.name) if args.name else SUITE_NAMES,
+        readable_keys=args.readable_keys,
+    )
     print(f"wrote {files.ca}, {files.server_cert} (+key), {files.client_cert} (+key)")
 
 
