@@ -16,7 +16,7 @@ from services.common.backpressure import PUSHBACK_KEY, RETRY_AFTER_KEY
 from services.common.launcher import local_suite
 from services.common.model_client import ModelClient
 from services.common.runtime import grpc_server
-from services.common.tls import ClientTLS, make_channel
+from services.common.tls import ClientTLS, ServerTLS, make_channel
 
 pytestmark = pytest.mark.integration
 PLAINTEXT = ClientTLS()
@@ -49,7 +49,9 @@ class Held:
 @pytest.fixture()
 def held():
     service = Held()
-    with grpc_server(service.register, ("test.Held",), max_concurrent_rpcs=2) as running:
+    with grpc_server(
+        service.register, ("test.Held",), max_concurrent_rpcs=2, tls=ServerTLS()
+    ) as running:
         running.set_serving(True)
         yield service, running
         service.gate.set()
