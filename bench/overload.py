@@ -11,6 +11,7 @@ calls and of refusals; latency of health checks made during the overload.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -34,6 +35,8 @@ def _ms(values: list[float], q: float) -> float:
 
 
 def run(limit: int, clients: int, seconds: float, deadline: float, batch: int) -> dict:
+    # The machine is shared: how busy it was before this run started.
+    ambient_load = round(os.getloadavg()[0], 1)
     with (
         tempfile.TemporaryDirectory() as work,
         local_suite(
@@ -94,6 +97,7 @@ def run(limit: int, clients: int, seconds: float, deadline: float, batch: int) -
     answered, refused = outcomes["OK"], outcomes["RESOURCE_EXHAUSTED"]
     return {
         "max_concurrent_rpcs": limit,
+        "ambient_load_average_1m": ambient_load,
         "request_mb": round(images.nbytes / 2**20, 2),
         "answered": len(answered),
         "answered_per_second": round(len(answered) / seconds, 1),
