@@ -119,6 +119,8 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
         for key, value in list(env.items()):
             for container, local in hosts.items():
                 value = value.replace(container, local)
+            if value == "/catalogue":  # the catalogue volume: the fixtures folder here
+                value = str(tiny_csv.parent.parent)
             if key.endswith("_HOST"):
                 value = "127.0.0.1"  # tests bind loopback only
             env[key] = value
