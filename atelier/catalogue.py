@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from atelier.confinement import looks_like_url
+
 log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = (80, 64)  # (height, width), as the model sees it
@@ -142,7 +144,8 @@ def _catalogue_row(
         if not given:
             raise ValueError(f"line {line}: missing image_path")
         path = Path(given)
-        if not path.is_absolute():
+        # A URL stays as given, so the worker refuses it as one instead of as a missing file.
+        if not path.is_absolute() and not looks_like_url(given):
             path = image_dir.parent / given
             if not path.exists() and (image_dir / given).exists():
                 path = image_dir / given

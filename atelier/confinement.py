@@ -33,6 +33,11 @@ class PathNotAllowed(ValueError):
         self.outside = outside
 
 
+def looks_like_url(text: str) -> bool:
+    """A scheme prefix (file:, http://, data:, ...): never a path the service reads."""
+    return _URL_LIKE.match(text) is not None
+
+
 def shown(path: str) -> str:
     """The caller's path as it may appear in a message: as given, cut short if long."""
     text = path if len(path) <= _SHOWN_CHARS else path[:_SHOWN_CHARS] + "..."
@@ -88,7 +93,7 @@ class CatalogueRoots:
             raise PathNotAllowed("the path contains a NUL character")
         if len(text) > MAX_PATH_CHARS:
             raise PathNotAllowed(f"the path is longer than {MAX_PATH_CHARS} characters")
-        if _URL_LIKE.match(text):
+        if looks_like_url(text):
             raise PathNotAllowed(
                 f"{shown(text)} looks like a URL; give a file path under a catalogue root"
             )
