@@ -27,7 +27,6 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 # Images larger than this many times the model's input are shrunk before anything else, so the
 # blank check and the conversions cost kilobytes rather than the full resolution in float32.
 SHRINK_FACTOR = 4
-_RESIZABLE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F")
 BLANK_PIXEL_STD = 2.0  # the catalogue's three near-blank photos have std < 2
 
 
@@ -204,13 +203,27 @@ def decode_image(data: bytes, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.
 
 
 def _shrink(image: Image.Image, bound: tuple[int, int]) -> Image.Image:
-    """The image reduced to fit `bound` (aspect kept); small images are returned as they are."""
+    """The image reduced to fit `bound` (aspect kept); small images are returned as they are.
+
+    A large image is first reduced by an integer factor in horizontal strips: converting or
+    resampling it whole would copy it at full size (alpha is premultiplied to resample), while
+    a strip costs a few MB. The result, at most twice the bound, is then resized bilinearly.
+    """
     if image.width <= bound[0] and image.height <= bound[1]:
         return image
-    if image.mode not in _RESIZABLE_MODES:
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    # reducing_gap: an integer box reduction first, then a bilinear pass over a small image.
-    image.thumbnail(bound, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    mode = "RGBA" if alpha else "RGB"
+    factor = max(1, min(image.width // bound[0], image.height // bound[1]))
+    if factor > 1:
+        step = factor * 32
+        reduced = Image.new(mode, (-(-image.width // factor), -(-image.height // factor)))
+        for top in range(0, image.height, step):
+            strip = image.crop((0, top, image.width, min(top + step, image.height)))
+            reduced.paste(strip.convert(mode).reduce(factor), (0, top // factor))
+        image = reduced
+    else:
+        image = image.convert(mode)
+    image.thumbnail(bound, Image.Resampling.BILINEAR)
     return image
 
 
