@@ -83,9 +83,16 @@ def main() -> int:
     log.info("in-process ceiling: %.0f items/s", ceiling)
 
     env = {"ENCODE_CHUNK_SIZE": str(args.chunk), "QUEUE_VISIBILITY_TIMEOUT_SECONDS": "10"}
+    catalogue_dir = str(args.catalogue.resolve().parent)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        local_suite(Path(tmp), args.models, workers=args.workers, extra_env=env) as suite,
+        local_suite(
+            Path(tmp),
+            args.models,
+            workers=args.workers,
+            # The encoder reads catalogues only below its roots: the catalogue's folder and ours.
+            extra_env={**env, "CATALOGUE_ROOTS": os.pathsep.join([catalogue_dir, tmp])},
+        ) as suite,
     ):
         channel = grpc.insecure_channel(suite.env["ENCODER_ADDR"])
         stub = encoder_pb2_grpc.EncoderServiceStub(channel)

@@ -59,6 +59,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     for failure in job.failures:
         print(f"failed {failure.item_id}: {failure.reason}")
     print(f"{common_pb2.JobState.Name(job.state)}: {job.done} encoded, {job.failed} failed")
+    if job.reason:
+        print(f"reason: {job.reason}")
     if args.serve and job.state == common_pb2.JOB_STATE_SUCCEEDED and job.done:
         _store(args).serve(job.model_version)
         print(f"now serving model version {job.model_version}")

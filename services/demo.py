@@ -108,6 +108,9 @@ def main() -> int:
     env = {
         "GATEWAY_PORT": str(args.gateway_port),
         "GATEWAY_IMAGE_ROOT": str(args.catalogue.resolve().parent),
+        # The encoder reads catalogues only below its roots: the demo's catalogue folder.
+        "CATALOGUE_ROOTS": os.environ.get("CATALOGUE_ROOTS")
+        or str(args.catalogue.resolve().parent),
     }
     for name, (port_var, addr_var) in PORT_VARS.items():
         port = DEFAULT_PORTS[name] if name != "gateway" else args.gateway_port

@@ -69,6 +69,9 @@ class EncoderServiceServicer:
 
     def SubmitCatalogue(self, request, context):
         """Queue a catalogue for encoding under a model version; returns at once with the job.
+        PERMISSION_DENIED: csv_path or image_dir outside the encoder's catalogue roots.
+        INVALID_ARGUMENT: a malformed path or catalogue, or a request over a limit (entries per job,
+        inline image bytes). UNAVAILABLE: the queue refused the work (the job ends FAILED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -181,7 +181,11 @@ def follow_job(
 
     from tqdm import tqdm
 
-    finished = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_CANCELLED)
+    finished = (
+        common_pb2.JOB_STATE_SUCCEEDED,
+        common_pb2.JOB_STATE_FAILED,
+        common_pb2.JOB_STATE_CANCELLED,
+    )
     deadline = None if timeout is None else time.monotonic() + timeout
     with tqdm(total=job.total, unit="item", desc=description) as bar:
         while True:

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import faiss
 import grpc
@@ -14,7 +15,7 @@ import numpy as np
 from atelier import generation as generations
 from atelier.find import PartitionUnavailable, Query
 from atelier.generation import KMEANS, CategoryOf, Generation
-from atelier.latent import validate_vector
+from atelier.latent import NON_FINITE_CODE, finite_rows, validate_vector
 from atelier.search import query_space
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
@@ -117,6 +118,9 @@ def resolve(
             )
             code = exc.code() if exc.code() in passed_on else grpc.StatusCode.UNAVAILABLE
             raise QueryError(code, f"encoder: {exc.details()}") from None
+        codes = {name: np.asarray([getattr(reply.code, name)]) for name in ("mu", "sigma", "z")}
+        if not finite_rows(codes)[0]:
+            raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, NON_FINITE_CODE)
         mu = np.asarray(reply.code.mu, dtype=np.float64)
         vector = np.asarray(reply.code.z, dtype=np.float64) if space == "z" else mu
         return Query(vector, None, generation.predict_category(mu), "")
@@ -132,15 +136,24 @@ def category_message(category: CategoryOf) -> common_pb2.CategoryPrediction:
     )
 
 
+def image_url(item_id: str, stored_ref: str) -> str:
+    """The gateway's URL path for an item's image; empty when no image file is stored for it.
+    Server paths stay in the store: replies never show the server's file layout."""
+    if not stored_ref or stored_ref == "inline":
+        return ""
+    return f"/api/image/{quote(item_id, safe='')}"
+
+
 def item_message(generation: Generation, row: int) -> common_pb2.Item:
     meta = generation.metadata[row]
+    item_id = generation.codes.item_ids[row]
     return common_pb2.Item(
-        item_id=generation.codes.item_ids[row],
+        item_id=item_id,
         category=meta.get("sub_category", ""),
         article_type=meta.get("article_type", ""),
         colour=meta.get("colour", ""),
         name=meta.get("name", ""),
-        image_ref=meta.get("image_ref", ""),
+        image_ref=image_url(item_id, meta.get("image_ref", "")),
         master_category=meta.get("master_category", ""),
         sub_category=meta.get("sub_category", ""),
         gender=meta.get("gender", ""),

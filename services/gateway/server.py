@@ -37,6 +37,21 @@ GRPC_TO_HTTP = {
 }
 
 
+IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def image_type(data: bytes) -> str | None:
+    """The content type of image bytes by their magic number; None for anything else."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for magic, kind in IMAGE_MAGIC if data.startswith(magic)), None)
+
+
 def _item_json(scored) -> dict:
     item = scored.item
     return {
@@ -47,7 +62,7 @@ def _item_json(scored) -> dict:
         "name": item.name,
         "score": scored.score,
         "partition": scored.partition,
-        "image_url": f"/api/image/{item.item_id}",
+        "image_url": item.image_ref,
     }
 
 
@@ -96,7 +111,7 @@ class Gateway:
         item = reply.item
         return {
             "item": {"item_id": item.item_id, "sub_category": item.sub_category, "gender": item.gender,
-                     "name": item.name, "image_url": f"/api/image/{item.item_id}"},
+                     "name": item.name, "image_url": item.image_ref},
             "category": _category_json(reply.category),
             "code": list(reply.code.mu),
             "sliders": {
@@ -136,7 +151,12 @@ class Gateway:
         reply = self.client.encode(image)
         return {"code": list(reply.code.mu), "model_version": reply.model_version}
 
-    def image(self, item_id: str) -> bytes | None:
+    def image(self, item_id: str) -> tuple[bytes, str] | None:
+        """An item's image file and its content type, looked up by id; None when there is none.
+
+        The path stays inside the gateway: it comes from the store, and only an image (by its
+        magic bytes) under the image root is served.
+        """
         version = self.store.served_version()
         record = self.store.item(version, item_id) if version is not None else None
         if record is None or not record.metadata.get("image_ref"):
@@ -145,7 +165,9 @@ class Gateway:
         # image_ref comes from whoever submitted the catalogue: never read outside the image root.
         if not path.is_relative_to(self.settings.image_root) or not path.is_file():
             return None
-        return path.read_bytes()
+        data = path.read_bytes()
+        content_type = image_type(data)
+        return (data, content_type) if content_type else None
 
     def healthy(self) -> bool:
         for address in (
@@ -172,9 +194,11 @@ def make_handler(gateway: Gateway):
         def log_message(self, format, *args):
             log.debug("%s " + format, self.address_string(), *args)
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
+        def _send(self, status: int, content_type: str, body: bytes, nosniff: bool = False) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if nosniff:
+                self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
@@ -206,11 +230,11 @@ def make_handler(gateway: Gateway):
                 self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"redis: {exc}"})
 
         def _image(self, item_id: str) -> None:
-            data = gateway.image(item_id)
-            if data is None:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no image for item {item_id!r}"})
+            found = gateway.image(item_id)
+            if found is None:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no image for item {item_id[:100]!r}"})
             else:
-                self._send(HTTPStatus.OK, "image/jpeg", data)
+                self._send(HTTPStatus.OK, found[1], found[0], nosniff=True)
 
         def do_GET(self):
             path, _, query = self.path.partition("?")

@@ -131,6 +131,8 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
         for key, value in list(env.items()):
             for container, local in hosts.items():
                 value = value.replace(container, local)
+            if value == "/catalogue":  # the catalogue volume: the fixtures folder here
+                value = str(tiny_csv.parent.parent)
             env[key] = value
         return env
 

@@ -217,6 +217,11 @@ def test_unlabelled_items_get_a_predicted_partition(search, reference, tiny_imag
         assert list(by_photo.searched) == [category.sub_category]
         # Its photo's labelled twin is found in the same partition, at distance 0.
         assert by_photo.results[0].item.item_id in (photo, new_id)
+        # Image refs are the gateway's URLs, never server paths; inline items have none.
+        for result in (*by_item.results, *by_photo.results):
+            item = result.item
+            assert item.image_ref in ("", f"/api/image/{item.item_id}"), item.image_ref
+            assert (item.image_ref == "") == (item.item_id in UNLABELLED)
     labelled_row = int(np.flatnonzero(reference.labelled)[0])
     reply = search(
         retrieval_pb2.SearchRequest(
@@ -358,6 +363,7 @@ def test_decode_traverse_and_random_start(decoder, reference):
         decoder_pb2.RandomStartRequest(seed=3, category="Eyewear"), timeout=10
     )
     assert start.item.sub_category == "Eyewear" and len(start.code.mu) == 16
+    assert start.item.image_ref == f"/api/image/{start.item.item_id}"
     assert start.category.sub_category == "Eyewear" and start.category.from_label
     assert all(lo < hi for lo, hi in zip(start.lower, start.upper, strict=True))
     sliders = start.sliders
