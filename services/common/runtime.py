@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import AuthSettings, server_interceptors
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -83,13 +85,19 @@ def grpc_server(
     workers: int = 8,
     grace_seconds: float = 5.0,
     thread_initializer: Callable[[], None] | None = None,
+    *,
+    auth: AuthSettings | None,
 ) -> Iterator[RunningServer]:
     """A started server with health (NOT_SERVING until the caller says so) and reflection.
 
-    Port 0 binds a free port; the bound one is on the result.
+    Port 0 binds a free port; the bound one is on the result. `auth` is how callers are checked
+    (services/common/auth.py); only the internal model server passes None (no check at all).
     """
+    if auth is not None:
+        auth.check_bind(host, ", ".join(service_names))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, initializer=thread_initializer),
+        interceptors=server_interceptors(auth),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

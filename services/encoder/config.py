@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.auth import AuthSettings
 from services.common.runtime import env_float, env_int, env_str
 
 
@@ -18,6 +19,7 @@ class Settings:
     chunk_size: int
     model_timeout: float
     visibility_timeout: int
+    auth: AuthSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,4 +34,5 @@ class Settings:
             # A task unacknowledged this long (its worker died) goes back to the queue. Keep it well
             # above a chunk's worst case (model timeout plus retry backoff) or live chunks run twice.
             visibility_timeout=env_int("QUEUE_VISIBILITY_TIMEOUT_SECONDS", 300),
+            auth=AuthSettings.from_env(),
         )

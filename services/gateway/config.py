@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.auth import AuthSettings
 from services.common.runtime import env_float, env_int, env_str
 
 
@@ -20,6 +21,7 @@ class Settings:
     timeout: float
     max_upload_bytes: int
     image_root: Path
+    auth: AuthSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -35,4 +37,5 @@ class Settings:
             max_upload_bytes=env_int("GATEWAY_MAX_UPLOAD_BYTES", 16 * 1024 * 1024),
             # Catalogue images are served only from below this folder.
             image_root=Path(env_str("GATEWAY_IMAGE_ROOT", "data")).resolve(),
+            auth=AuthSettings.from_env(),
         )

@@ -13,6 +13,7 @@ from atelier.generation import KMEANS
 from atelier.search import query_space
 from atelier.v1 import encoder_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.common import queries
+from services.common.auth import with_token
 from services.common.runtime import RunningServer
 from services.retrieval.config import Settings
 
@@ -70,7 +71,10 @@ class RetrievalServicer(queries.GenerationServicer, retrieval_pb2_grpc.Retrieval
 
 @contextmanager
 def run_server(settings: Settings) -> Iterator[RunningServer]:
-    with grpc.insecure_channel(settings.encoder_addr) as channel:
+    # Queries by photo call the encoder with this service's own token.
+    with with_token(
+        grpc.insecure_channel(settings.encoder_addr), settings.auth.outgoing_token()
+    ) as channel:
         servicer = RetrievalServicer(
             encoder_pb2_grpc.EncoderServiceStub(channel), settings.max_abs_latent
         )
