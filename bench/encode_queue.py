@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 from tqdm import tqdm
 
@@ -87,7 +86,7 @@ def main() -> int:
         tempfile.TemporaryDirectory() as tmp,
         local_suite(Path(tmp), args.models, workers=args.workers, extra_env=env) as suite,
     ):
-        channel = grpc.insecure_channel(suite.env["ENCODER_ADDR"])
+        channel = suite.channel("encoder")
         stub = encoder_pb2_grpc.EncoderServiceStub(channel)
         store = CodeStore.from_url(suite.env["REDIS_URL"])
 

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from atelier.auth import Role, TokenStore
 from atelier.processes import free_port, start_redis, stop_pid
 from services.common.auth import with_token
+from services.common.client import Addresses, AtelierClient
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +118,12 @@ class Suite:
         """A channel to service `name` sending `token` (default: the suite's admin token)."""
         address = self.env[PORT_VARS[name][1]]
         return with_token(grpc.insecure_channel(address), token or self.token)
+
+    def client(self, timeout: float = 10.0, token: str | None = None) -> AtelierClient:
+        """An AtelierClient for the suite's services, sending `token` (default: the admin one)."""
+        names = ("encoder", "decoder", "retrieval", "recommender")
+        addresses = Addresses(*(self.env[PORT_VARS[n][1]] for n in names))
+        return AtelierClient(addresses, timeout=timeout, token=token or self.token or "")
 
     def add(self, managed: ManagedProcess) -> ManagedProcess:
         self.processes[managed.name] = managed
