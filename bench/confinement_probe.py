@@ -294,7 +294,7 @@ def main() -> int:
         }
         print("starting Redis, the model server and the encoder ...", flush=True)
         with local_suite(Path(tmp) / "suite", args.models, workers=0, extra_env=env) as suite:
-            channel = grpc.insecure_channel(suite.env["ENCODER_ADDR"])
+            channel = suite.channel("encoder")  # sends the suite's admin token
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
             store = CodeStore.from_url(suite.env["REDIS_URL"])
             print("retention: a 1,000-item job and a 100-item inline job ...", flush=True)

@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 from tqdm import tqdm
 
@@ -94,7 +93,7 @@ def main() -> int:
             extra_env={**env, "CATALOGUE_ROOTS": os.pathsep.join([catalogue_dir, tmp])},
         ) as suite,
     ):
-        channel = grpc.insecure_channel(suite.env["ENCODER_ADDR"])
+        channel = suite.channel("encoder")
         stub = encoder_pb2_grpc.EncoderServiceStub(channel)
         store = CodeStore.from_url(suite.env["REDIS_URL"])
 

@@ -85,6 +85,7 @@ def main() -> int:
                 )
             ),
             timeout=60,
+            token=suite.token or "",
         )
         entries = [
             encoder_pb2.CatalogueEntry(

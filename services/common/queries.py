@@ -19,6 +19,7 @@ from atelier.latent import NON_FINITE_CODE, finite_rows, validate_vector
 from atelier.search import query_space
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from services.common.auth import AuthSettings
 from services.common.generation_holder import GenerationHolder
 from services.common.redisconf import redis_url_from_env
 from services.common.runtime import RunningServer, env_float, env_int, env_str, grpc_server
@@ -195,6 +196,7 @@ class QuerySettings:
     kmeans_k: int
     max_abs_latent: float
     faiss_threads: int
+    auth: AuthSettings
 
     @classmethod
     def read(cls, prefix: str, default_port: int):
@@ -208,6 +210,7 @@ class QuerySettings:
             # One thread per search: the server already runs requests in parallel, and for a
             # single query FAISS's threads cost more than they save (p99 13 ms -> 6 ms at 1M).
             faiss_threads=env_int("FAISS_THREADS", 1),
+            auth=AuthSettings.from_env(),
         )
 
 
@@ -246,6 +249,7 @@ def run_query_server(
         settings.host,
         settings.port,
         thread_initializer=limit_faiss_threads,
+        auth=settings.auth,
     ) as running:
         build = functools.partial(generations.build, store, k=settings.kmeans_k)
         servicer.holder = GenerationHolder(

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import AuthSettings, server_interceptors
 from services.common.backpressure import ConcurrencyLimiter
 from services.common.tls import MAX_MESSAGE_BYTES, ServerTLS
 
@@ -91,21 +92,27 @@ def grpc_server(
     thread_initializer: Callable[[], None] | None = None,
     max_concurrent_rpcs: int | None = None,
     tls: ServerTLS | None = None,
+    *,
+    auth: AuthSettings | None,
 ) -> Iterator[RunningServer]:
     """A started server with health (NOT_SERVING until the caller says so) and reflection.
 
     Port 0 binds a free port; the bound one is on the result. At most `max_concurrent_rpcs`
     (default: env MAX_CONCURRENT_RPCS, else `workers`) RPCs run at once, beyond that they are
     refused with a retry hint (services/common/backpressure.py). TLS or mutual TLS as `tls` says
-    (default: from the environment, services/common/tls.py).
+    (default: from the environment, services/common/tls.py). `auth` is how callers are checked
+    (services/common/auth.py); only the internal model server passes None (no check at all).
     """
+    if auth is not None:
+        auth.check_bind(host, ", ".join(service_names))
     limit = max_concurrent_rpcs or env_int("MAX_CONCURRENT_RPCS", workers)
     if limit < 1:
         raise SystemExit(f"MAX_CONCURRENT_RPCS must be at least 1, got {limit}")
     tls = ServerTLS.from_env() if tls is None else tls
     limiter = ConcurrencyLimiter(limit)
-    # The limiter comes first: an RPC over the limit is refused before any other work is done.
-    interceptors: list[grpc.ServerInterceptor] = [limiter]
+    # The limiter comes first: an RPC over the limit is refused before any other work is done
+    # (the token check included); authentication comes next.
+    interceptors: list[grpc.ServerInterceptor] = [limiter, *server_interceptors(auth)]
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=limit + SPARE_THREADS, initializer=thread_initializer

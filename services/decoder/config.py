@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.auth import AuthSettings
 from services.common.redisconf import redis_url_from_env
 from services.common.runtime import env_float, env_int, env_str
 
@@ -18,6 +19,7 @@ class Settings:
     max_batch: int
     max_steps: int
     model_timeout: float
+    auth: AuthSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -30,4 +32,5 @@ class Settings:
             max_batch=env_int("MAX_DECODE_BATCH", 64),
             max_steps=env_int("MAX_TRAVERSE_STEPS", 32),
             model_timeout=env_float("MODEL_TIMEOUT_SECONDS", 30.0),
+            auth=AuthSettings.from_env(),
         )

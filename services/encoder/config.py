@@ -8,6 +8,7 @@ from pathlib import Path
 
 from atelier.confinement import CatalogueRoots
 from atelier.jobs import JobPolicy
+from services.common.auth import AuthSettings
 from services.common.redisconf import redis_url_from_env
 from services.common.runtime import env_float, env_int, env_str
 
@@ -31,6 +32,7 @@ class Settings:
     task_time_limit: int
     task_soft_time_limit: int
     job_resume_interval: float
+    auth: AuthSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,6 +61,7 @@ class Settings:
             task_time_limit=env_int("TASK_TIME_LIMIT_SECONDS", 240),
             task_soft_time_limit=env_int("TASK_SOFT_TIME_LIMIT_SECONDS", 200),
             job_resume_interval=env_float("JOB_RESUME_INTERVAL_SECONDS", 30.0),
+            auth=AuthSettings.from_env(),
         )
 
     @property

@@ -196,6 +196,49 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self.store.cancel_job(request.job_id)
         return job_message(jobs.progress(self.store, request.job_id))
 
+    def ListGenerations(self, request, context):
+        served = self.store.served_version()
+        return encoder_pb2.ListGenerationsResponse(
+            generations=[
+                encoder_pb2.GenerationInfo(
+                    model_version=version,
+                    items=self.store.item_count(version),
+                    served=version == served,
+                )
+                for version in self.store.model_versions()
+            ],
+            served_version=served or 0,
+        )
+
+    def ServeGeneration(self, request, context):
+        previous = self.store.served_version()
+        try:
+            self.store.serve(request.model_version)
+        except KeyError:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model version {request.model_version} is not registered",
+            )
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("now serving generation %d (was %s)", request.model_version, previous)
+        return encoder_pb2.ServeGenerationResponse(
+            model_version=request.model_version, previous_version=previous or 0
+        )
+
+    def RemoveGeneration(self, request, context):
+        if self.store.model(request.model_version) is None:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model version {request.model_version} is not registered",
+            )
+        try:
+            removed = self.store.remove_generation(request.model_version)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("removed generation %d (%d keys)", request.model_version, removed)
+        return encoder_pb2.RemoveGenerationResponse(removed_keys=removed)
+
 
 def _unknown(job_id: str) -> str:
     shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
@@ -230,6 +273,7 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
         (SERVICE_NAME,),
         settings.host,
         settings.port,
+        auth=settings.auth,
     ) as running:
         store.redis.ping()
         model.shape()  # the model server answers: now we are ready

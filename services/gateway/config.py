@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.auth import AuthSettings
 from services.common.redisconf import redis_url_from_env
 from services.common.runtime import env_float, env_int, env_str
 
@@ -29,6 +30,7 @@ class Settings:
     image_root: Path
     tls_cert_file: Path | None
     tls_key_file: Path | None
+    auth: AuthSettings
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,4 +49,5 @@ class Settings:
             # HTTPS when both are set (services/common/tls.py: https_context).
             tls_cert_file=_optional_path("GATEWAY_TLS_CERT_FILE"),
             tls_key_file=_optional_path("GATEWAY_TLS_KEY_FILE"),
+            auth=AuthSettings.from_env(),
         )

@@ -2,10 +2,15 @@
 
 It uses the standard library's ThreadingHTTPServer: the gateway only translates a handful of
 JSON calls to gRPC, so a web framework would add dependencies without removing code.
+
+Every /api/ route checks the caller's `Authorization: Bearer <token>` against the same token store
+and role table as the gRPC services (401 without a valid token, 403 for a role too low), then
+passes that token on to the services it calls. The page itself and /healthz stay open.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import ssl
@@ -21,7 +26,9 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atelier.auth import Role, TokenStore
 from atelier.store import CodeStore
+from services.common.auth import METHOD_ROLES, Denied, TokenCache, authorize, bearer_token
 from services.common.client import METHODS, Addresses, AtelierClient, make_query
 from services.common.tls import https_context, make_channel
 from services.gateway.config import Settings
@@ -34,7 +41,33 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
     grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.SERVICE_UNAVAILABLE,  # overloaded: retry later
+    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
+    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
+    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.CONFLICT,
 }
+# Each API route needs the role of the RPC it makes (the image route reads Redis: a reader's).
+ROUTE_ROLES: dict[tuple[str, str], Role] = {
+    ("GET", "/api/categories"): METHOD_ROLES["/atelier.v1.DecoderService/ListCategories"],
+    ("GET", "/api/start"): METHOD_ROLES["/atelier.v1.DecoderService/RandomStart"],
+    ("GET", "/api/image/"): Role.READER,
+    ("GET", "/api/generations"): METHOD_ROLES["/atelier.v1.EncoderService/ListGenerations"],
+    ("POST", "/api/decode"): METHOD_ROLES["/atelier.v1.DecoderService/Decode"],
+    ("POST", "/api/recommend"): METHOD_ROLES["/atelier.v1.RecommenderService/Recommend"],
+    ("POST", "/api/encode"): METHOD_ROLES["/atelier.v1.EncoderService/Encode"],
+    ("POST", "/api/generations/serve"): METHOD_ROLES["/atelier.v1.EncoderService/ServeGeneration"],
+}
+AUTH_STATUS = {
+    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
+    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
+    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+def route_role(method: str, path: str) -> Role | None:
+    """The role a route needs; None for an unknown /api/ route (nobody: fail closed)."""
+    if method == "GET" and path.startswith("/api/image/"):
+        return ROUTE_ROLES[("GET", "/api/image/")]
+    return ROUTE_ROLES.get((method, path))
 
 
 IMAGE_MAGIC = (
@@ -88,8 +121,26 @@ class Gateway:
                 settings.recommender_addr,
             ),
             timeout=settings.timeout,
+            token="",  # each request passes its caller's token on (as_caller)
         )
         self.store = CodeStore.from_url(settings.redis_url)
+        self.tokens = (
+            TokenCache(TokenStore.from_url(settings.redis_url), settings.auth.cache_seconds)
+            if settings.auth.enabled
+            else None
+        )
+
+    def authorize(self, method: str, path: str, token: str | None) -> None:
+        """Raises Denied unless `token` may call this route (always passes with auth off)."""
+        if self.tokens is None:
+            return
+        authorize(self.tokens.lookup, token, route_role(method, path), f"{method} {path}")
+
+    def as_caller(self, token: str | None) -> Gateway:
+        """This gateway, calling the services with the caller's token."""
+        view = copy.copy(self)
+        view.client = self.client.for_token(token)
+        return view
 
     def categories(self) -> dict:
         reply = self.client.list_categories()
@@ -150,6 +201,20 @@ class Gateway:
     def encode(self, image: bytes) -> dict:
         reply = self.client.encode(image)
         return {"code": list(reply.code.mu), "model_version": reply.model_version}
+
+    def generations(self) -> dict:
+        reply = self.client.list_generations()
+        return {
+            "generations": [
+                {"model_version": g.model_version, "items": g.items, "served": g.served}
+                for g in reply.generations
+            ],
+            "served_version": reply.served_version,
+        }
+
+    def serve_generation(self, version: int) -> dict:
+        reply = self.client.serve_generation(version)
+        return {"model_version": reply.model_version, "previous_version": reply.previous_version}
 
     def image(self, item_id: str) -> tuple[bytes, str] | None:
         """An item's image file and its content type, looked up by id; None when there is none.
@@ -229,8 +294,27 @@ def make_handler(gateway: Gateway):
             except redis.RedisError as exc:
                 self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"redis: {exc}"})
 
-        def _image(self, item_id: str) -> None:
-            found = gateway.image(item_id)
+        def _caller(self, method: str, path: str) -> Gateway | None:
+            """The gateway acting for this request's caller, or None once refused (401/403)."""
+            token = bearer_token(list(self.headers.items()))
+            try:
+                gateway.authorize(method, path, token)
+            except Denied as denied:
+                status = AUTH_STATUS.get(denied.code, HTTPStatus.FORBIDDEN)
+                body = json.dumps({"error": denied.message, "code": denied.code.name}).encode()
+                self.send_response(status)
+                if status == HTTPStatus.UNAUTHORIZED:
+                    self.send_header("WWW-Authenticate", 'Bearer realm="atelier"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+                return None
+            return gateway.as_caller(token)
+
+        def _image(self, api: Gateway, item_id: str) -> None:
+            found = api.image(item_id)
             if found is None:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no image for item {item_id[:100]!r}"})
             else:
@@ -243,36 +327,53 @@ def make_handler(gateway: Gateway):
                 self._send(
                     HTTPStatus.OK, "text/html; charset=utf-8", (STATIC / "index.html").read_bytes()
                 )
-            elif path == "/healthz":
+                return
+            if path == "/healthz":
                 ok = gateway.healthy()
                 self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, {"serving": ok})
-            elif path == "/api/categories":
-                self._guard(lambda: self._json(HTTPStatus.OK, gateway.categories()))
+                return
+            if not path.startswith("/api/"):
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
+                return
+            api = self._caller("GET", path)
+            if api is None:
+                return
+            if path == "/api/categories":
+                self._guard(lambda: self._json(HTTPStatus.OK, api.categories()))
             elif path == "/api/start":
                 self._guard(
-                    lambda: self._json(HTTPStatus.OK, gateway.start(params.get("category", "")))
+                    lambda: self._json(HTTPStatus.OK, api.start(params.get("category", "")))
                 )
+            elif path == "/api/generations":
+                self._guard(lambda: self._json(HTTPStatus.OK, api.generations()))
             elif path.startswith("/api/image/"):
-                self._guard(lambda: self._image(unquote(path.rsplit("/", 1)[1])))
+                self._guard(lambda: self._image(api, unquote(path.rsplit("/", 1)[1])))
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
 
         def do_POST(self):
             path = self.path.partition("?")[0]
+            api = self._caller("POST", path) if path.startswith("/api/") else gateway
+            if api is None:
+                self.close_connection = True  # the unread body must not be parsed as a request
+                return
 
             def handle():
                 body = self._body()
                 if path == "/api/encode":
-                    self._json(HTTPStatus.OK, gateway.encode(body))
+                    self._json(HTTPStatus.OK, api.encode(body))
                     return
                 request = json.loads(body or b"{}")
+                if path == "/api/generations/serve":
+                    self._json(HTTPStatus.OK, api.serve_generation(int(request["model_version"])))
+                    return
                 code = [float(v) for v in request.get("code", [])]
                 if path == "/api/decode":
-                    self._send(HTTPStatus.OK, "image/png", gateway.decode(code))
+                    self._send(HTTPStatus.OK, "image/png", api.decode(code))
                 elif path == "/api/recommend":
                     self._json(
                         HTTPStatus.OK,
-                        gateway.recommend(
+                        api.recommend(
                             code,
                             request.get("method", "fixed_eps"),
                             int(request.get("k", 8)),
@@ -315,6 +416,7 @@ class HTTPSServer(ThreadingHTTPServer):
 
 @contextmanager
 def run_server(settings: Settings) -> Iterator[ThreadingHTTPServer]:
+    settings.auth.check_bind(settings.host, "the gateway")
     gateway = Gateway(settings)
     handler = make_handler(gateway)
     address = (settings.host, settings.port)

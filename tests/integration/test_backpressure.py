@@ -50,7 +50,7 @@ class Held:
 def held():
     service = Held()
     with grpc_server(
-        service.register, ("test.Held",), max_concurrent_rpcs=2, tls=ServerTLS()
+        service.register, ("test.Held",), max_concurrent_rpcs=2, tls=ServerTLS(), auth=None
     ) as running:
         running.set_serving(True)
         yield service, running

@@ -246,7 +246,7 @@ def suite(tmp_path_factory, nan_models):
 
 @pytest.fixture(scope="module")
 def stub(suite):
-    channel = grpc.insecure_channel(suite.env["ENCODER_ADDR"])
+    channel = suite.channel("encoder")  # sends the suite's admin token
     yield encoder_pb2_grpc.EncoderServiceStub(channel)
     channel.close()
 

@@ -48,7 +48,7 @@ def query_suite(tmp_path_factory, two_version_models, tiny_csv, tiny_images):
     with local_suite(
         work, two_version_models, workers=1, extra_env={"KMEANS_K": str(KMEANS_K)}
     ) as suite:
-        with grpc.insecure_channel(suite.env["ENCODER_ADDR"]) as channel:
+        with suite.channel("encoder") as channel:
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
             requests = [
                 encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv), model_version=v)
@@ -86,10 +86,7 @@ def query_suite(tmp_path_factory, two_version_models, tiny_csv, tiny_images):
 
 @pytest.fixture(scope="module")
 def channels(query_suite):
-    opened = {
-        name: grpc.insecure_channel(query_suite.env[f"{name.upper()}_ADDR"])
-        for name in ("retrieval", "recommender", "decoder")
-    }
+    opened = {name: query_suite.channel(name) for name in ("retrieval", "recommender", "decoder")}
     yield opened
     for channel in opened.values():
         channel.close()

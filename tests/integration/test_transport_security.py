@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import ssl
 import subprocess
@@ -67,7 +68,7 @@ def _check(address: str, tls: ClientTLS) -> int:
 
 
 def _serve_health(tls: ServerTLS):
-    return grpc_server(lambda server: None, ("test.Nothing",), tls=tls)
+    return grpc_server(lambda server: None, ("test.Nothing",), tls=tls, auth=None)
 
 
 def test_tls_server_answers_tls_clients_and_refuses_plaintext(certs, other_ca):
@@ -246,6 +247,7 @@ def test_encoder_and_workers_over_mutual_tls_and_redis_with_a_password(
     client = AtelierClient(
         Addresses(*(env[f"{n}_ADDR"] for n in ("ENCODER", "DECODER", "RETRIEVAL", "RECOMMENDER"))),
         tls=ClientTLS.from_env(_mutual_env(certs)),
+        token=secure_suite.token,
     )
     try:
         image = (tiny_images / "1164.jpg").read_bytes()
@@ -273,6 +275,18 @@ def test_encoder_and_workers_over_mutual_tls_and_redis_with_a_password(
         assert all(store.item(version, e.item.item_id) is not None for e in entries)
     finally:
         client.close()
+    # The bearer token rides inside mutual TLS: the right certificate without a token is refused.
+    with make_channel(env["ENCODER_ADDR"], ClientTLS.from_env(_mutual_env(certs))) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            encoder_pb2_grpc.EncoderServiceStub(channel).GetJob(
+                encoder_pb2.GetJobRequest(job_id="x"), timeout=5
+            )
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with secure_suite.channel("encoder") as channel:  # the suite's TLS settings and its token
+        reply = encoder_pb2_grpc.EncoderServiceStub(channel).ListGenerations(
+            encoder_pb2.ListGenerationsRequest(), timeout=10
+        )
+        assert version in [g.model_version for g in reply.generations]
     with make_channel(env["ENCODER_ADDR"], ClientTLS()) as channel:
         with pytest.raises(grpc.RpcError) as error:
             encoder_pb2_grpc.EncoderServiceStub(channel).GetJob(
@@ -324,6 +338,17 @@ def test_gateway_serves_https(secure_suite, certs, tmp_path):
                 assert time.monotonic() < deadline, "the gateway did not listen"
                 time.sleep(0.2)
         assert response.status == 200 and b"<html" in response.read().lower()
+        # The API over HTTPS: 401 without a token; with one, the gateway passes it on to the
+        # encoder over mutual TLS.
+        connection.request("GET", "/api/generations")
+        refused = connection.getresponse()
+        refused.read()
+        assert refused.status == 401
+        headers = {"Authorization": f"Bearer {secure_suite.token}"}
+        connection.request("GET", "/api/generations", headers=headers)
+        listed = connection.getresponse()
+        assert listed.status == 200, listed.read()
+        assert "generations" in json.loads(listed.read())
         connection.close()
         # A client that does not trust the certificate, and one that speaks plain HTTP, get nothing.
         with pytest.raises(ssl.SSLCertVerificationError):
@@ -369,6 +394,18 @@ def test_compose_tls_override_secures_every_service():
         assert ServerTLS.from_env(env).mutual, name
         assert env["TLS_CLIENT_CERT_FILE"] and env["TLS_CA_FILE"], name
     for name in (
+        "init-secrets",
+        "encoder",
+        "worker",
+        "decoder",
+        "retrieval",
+        "recommender",
+        "gateway",
+    ):
+        env = services[name]["environment"]
+        assert env["REDIS_URL"].startswith("rediss://") and env["REDIS_TLS_CA_FILE"], name
+        assert env["REDIS_PASSWORD_FILE"] == "/secrets/redis-password", name
+    for name in (
         "encoder",
         "worker",
         "bootstrap",
@@ -378,8 +415,9 @@ def test_compose_tls_override_secures_every_service():
         "gateway",
     ):
         env = services[name]["environment"]
-        assert env["REDIS_URL"].startswith("rediss://") and env["REDIS_TLS_CA_FILE"], name
-        assert env["REDIS_PASSWORD_FILE"] == "/secrets/redis-password", name
         assert ClientTLS.from_env(env).cert_file is not None, name
+    # The bootstrap talks gRPC only (encode, then ServeGeneration), with the admin token.
+    assert "REDIS_URL" not in services["bootstrap"]["environment"]
+    assert services["bootstrap"]["environment"]["ATELIER_TOKEN_FILE"] == "/secrets/admin.token"
     assert services["gateway"]["environment"]["GATEWAY_TLS_CERT_FILE"]
     assert "--tls-port 6379" in " ".join(services["redis"]["command"])
