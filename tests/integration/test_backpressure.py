@@ -139,6 +139,54 @@ def test_clients_retry_after_the_hint(held):
         service.gate.set()
 
 
+def test_the_limiter_comes_before_the_token_check(tmp_path):
+    """Interceptors run [limiter, auth]: a full server refuses at once whoever calls, without
+    looking a token up; within the limit the token check applies as usual."""
+    from atelier.auth import Role, TokenStore
+    from atelier.processes import start_redis
+    from services.common.auth import AuthSettings, with_token
+
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        token = TokenStore.from_url(redis_server.url).create("held", Role.READER)
+        auth = AuthSettings(
+            mode="token", redis_url=redis_server.url, cache_seconds=0, token=None, token_file=None
+        )
+        service = Held()
+        handler = grpc.method_handlers_generic_handler(
+            "atelier.v1.RetrievalService",
+            {"Search": grpc.unary_unary_rpc_method_handler(service.hold)},
+        )
+        with grpc_server(
+            lambda server: server.add_generic_rpc_handlers((handler,)),
+            ("atelier.v1.RetrievalService",),
+            max_concurrent_rpcs=1,
+            tls=ServerTLS(),
+            auth=auth,
+        ) as running:
+            running.set_serving(True)
+            address = f"127.0.0.1:{running.port}"
+            method = "/atelier.v1.RetrievalService/Search"
+            with (
+                make_channel(address, PLAINTEXT) as plain,
+                with_token(make_channel(address, PLAINTEXT), token) as signed,
+            ):
+                with pytest.raises(grpc.RpcError) as anonymous:
+                    plain.unary_unary(method)(b"x", timeout=5)
+                assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                busy = signed.unary_unary(method).future(b"a", timeout=30)
+                assert service.started.acquire(timeout=10)
+                with pytest.raises(grpc.RpcError) as refused:
+                    plain.unary_unary(method)(b"y", timeout=5)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                service.gate.set()
+                assert busy.result() == b"done:a"
+                assert service.calls == 1
+                assert (running.limiter.admitted, running.limiter.refused) == (2, 1)
+    finally:
+        redis_server.stop()
+
+
 @pytest.fixture(scope="module")
 def limited_model_server(tmp_path_factory, models_dir):
     """The real model server, allowed one RPC at a time."""

@@ -111,3 +111,25 @@ def test_token_mode_needs_the_token_store(monkeypatch):
     monkeypatch.delenv("REDIS_URL", raising=False)
     with pytest.raises(SystemExit, match="needs REDIS_URL"):
         AuthSettings.from_env().check_bind("0.0.0.0", "the encoder")
+
+
+def test_the_token_store_url_carries_the_redis_password_file(monkeypatch, tmp_path):
+    """Tokens live in the same password-protected Redis as everything else (REDIS_PASSWORD_FILE)."""
+    secret = tmp_path / "redis-password"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("ATELIER_AUTH", "token")
+    monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("REDIS_PASSWORD_FILE", str(secret))
+    assert AuthSettings.from_env().redis_url == "redis://:s3cret@redis:6379/0"
+
+
+def test_the_redis_password_file_is_made_once(tmp_path):
+    from services.common.secrets import ensure_redis_password
+
+    path = tmp_path / "secrets" / "redis-password"
+    assert ensure_redis_password(path) == "created"
+    password = path.read_text().strip()
+    assert len(password) == 64 and int(password, 16) >= 0
+    assert path.stat().st_mode & 0o777 == 0o400
+    assert ensure_redis_password(path) == "kept"
+    assert path.read_text().strip() == password
