@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED ?= ../shared/data/fashion-product-small
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint format protos results train-default train-baselines evaluate reproduce model-choice bench clean
+.PHONY: venv demo test lint format protos results train-default train-baselines evaluate reproduce model-choice bench clean certs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ bench: venv
 	$(BIN)/python -m bench.encode_queue --catalogue $(SHARED)/styles.csv
 	$(BIN)/python -m bench.query_services --catalogue $(SHARED)/styles.csv
 	ATELIER_WRITE_BENCHMARKS=1 $(BIN)/pytest -q tests/integration/test_studio_browser.py
+
+certs: venv
+	$(BIN)/python scripts/make_certs.py deploy/certs --readable-keys
 
 clean:
 	rm -rf runs demo-output .pytest_cache .ruff_cache

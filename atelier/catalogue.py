@@ -8,18 +8,25 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from atelier.confinement import looks_like_url
+
 log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = (80, 64)  # (height, width), as the model sees it
 PAPER_FAMILIES = ("Footwear", "Bags", "Eyewear")
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024  # a catalogue image file read whole is at most this
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+# Images larger than this many times the model's input are shrunk before anything else, so the
+# blank check and the conversions cost kilobytes rather than the full resolution in float32.
+SHRINK_FACTOR = 4
 BLANK_PIXEL_STD = 2.0  # the catalogue's three near-blank photos have std < 2
 
 
@@ -89,76 +96,135 @@ def read_catalogue_csv(csv_path: Path, image_dir: Path | None = None) -> list[Ca
     In the minimal schema `category` is the subCategory; `master_category`, `article_type`,
     `gender`, `usage`, `season` and `colour` columns are read when present. Every label may be empty.
     """
+    return list(iter_catalogue_csv(csv_path, image_dir))
+
+
+def iter_catalogue_csv(csv_path: Path, image_dir: Path | None = None) -> Iterator[CatalogueItem]:
+    """The rows of a catalogue CSV one by one (see read_catalogue_csv).
+
+    Errors are ValueErrors naming the line and what is wrong with it, never the line's text: the
+    file may not be a catalogue at all, and its content must not reach the caller.
+    """
     csv_path = Path(csv_path)
     # Absolute paths: a job's image references are read by workers whose working folder may differ.
     image_dir = (Path(image_dir) if image_dir else csv_path.parent / "images").resolve()
     with csv_path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or [])
-        kaggle = {"id", "masterCategory", "subCategory", "articleType"} <= columns
-        minimal = {"id", "image_path"} <= columns
-        if not (kaggle or minimal):
-            raise ValueError(
-                f"{csv_path}: unknown schema {sorted(columns)}; expected Kaggle styles.csv columns "
-                "(id, masterCategory, subCategory, articleType, ...) or id,image_path[,category]"
-            )
-        items = []
-        for row in reader:
-            item_id = (row.get("id") or "").strip()
-            if not item_id:
-                continue
-            if kaggle:
-                path = image_dir / f"{item_id}.jpg"
-            else:
-                path = Path(row["image_path"])
-                path = path if path.is_absolute() else image_dir.parent / path
-                if not path.exists() and (image_dir / row["image_path"]).exists():
-                    path = image_dir / row["image_path"]
-            items.append(
-                CatalogueItem(
-                    item_id=item_id,
-                    image_path=path,
-                    article_type=_cell(row, "articleType", "article_type"),
-                    sub_category=_cell(row, "subCategory", "sub_category", "category"),
-                    master_category=_cell(row, "masterCategory", "master_category"),
-                    gender=_cell(row, "gender"),
-                    usage=_cell(row, "usage"),
-                    season=_cell(row, "season"),
-                    colour=_cell(row, "baseColour", "colour"),
-                    name=_cell(row, "productDisplayName", "name"),
+        try:
+            columns = set(reader.fieldnames or [])
+            kaggle = {"id", "masterCategory", "subCategory", "articleType"} <= columns
+            minimal = {"id", "image_path"} <= columns
+            if not (kaggle or minimal):
+                raise ValueError(
+                    f"unknown schema: the header has {len(columns)} columns, not those of a "
+                    "Kaggle styles.csv (id, masterCategory, subCategory, articleType, ...) or of "
+                    "id,image_path[,category]"
                 )
-            )
-    return items
+            for row in reader:
+                item = _catalogue_row(row, kaggle, image_dir, reader.line_num)
+                if item is not None:
+                    yield item
+        except UnicodeDecodeError:
+            raise ValueError(f"line {reader.line_num + 1}: not UTF-8 text") from None
+        except csv.Error:
+            raise ValueError(f"line {reader.line_num}: malformed CSV row") from None
+
+
+def _catalogue_row(
+    row: dict[str, str | None], kaggle: bool, image_dir: Path, line: int
+) -> CatalogueItem | None:
+    item_id = (row.get("id") or "").strip()
+    if not item_id:
+        return None
+    if kaggle:
+        path = image_dir / f"{item_id}.jpg"
+    else:
+        given = (row.get("image_path") or "").strip()
+        if not given:
+            raise ValueError(f"line {line}: missing image_path")
+        path = Path(given)
+        # A URL stays as given, so the worker refuses it as one instead of as a missing file.
+        if not path.is_absolute() and not looks_like_url(given):
+            path = image_dir.parent / given
+            if not path.exists() and (image_dir / given).exists():
+                path = image_dir / given
+    return CatalogueItem(
+        item_id=item_id,
+        image_path=path,
+        article_type=_cell(row, "articleType", "article_type"),
+        sub_category=_cell(row, "subCategory", "sub_category", "category"),
+        master_category=_cell(row, "masterCategory", "master_category"),
+        gender=_cell(row, "gender"),
+        usage=_cell(row, "usage"),
+        season=_cell(row, "season"),
+        colour=_cell(row, "baseColour", "colour"),
+        name=_cell(row, "productDisplayName", "name"),
+    )
 
 
 def decode_image(data: bytes, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """Decode image bytes to float32 HxWx3 in [0, 1]: aspect kept, padded with white.
 
-    Raises ImageError with the reason for empty, non-image, truncated, oversized or blank input.
+    Raises ImageError with the reason for empty, non-image, unsupported, truncated, oversized or
+    blank input. Memory stays small whatever the image: the size is checked from the header
+    before decoding, JPEGs are decoded at a reduced scale (`draft`), and the image is shrunk to a
+    few times the model's input before it is converted or checked.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
+    height, width = size
+    bound = (width * SHRINK_FACTOR, height * SHRINK_FACTOR)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ImageError(
                     f"image too large: {image.width}x{image.height} pixels "
                     f"(limit {MAX_IMAGE_PIXELS:,})"
                 )
+            if not image.width or not image.height:
+                raise ImageError("image has no pixels")
+            image.draft("RGB", bound)  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, never below
             image.load()
-            rgb = _to_rgb_on_white(image)
+            rgb = _to_rgb_on_white(_shrink(image, bound))
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageError("not an image (unrecognised format)") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from exc
-    height, width = size
-    fitted = ImageOps.pad(rgb, (width, height), method=Image.Resampling.BILINEAR, color="white")
-    pixels = np.asarray(fitted, dtype=np.float32) / 255.0
+        raise ImageError(
+            "not an image (unrecognised format; JPEG, PNG, WebP and GIF are accepted)"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        # The decoder's own words may quote bytes of the file: they stay in the server log.
+        log.debug("image decoding failed: %s", exc)
+        raise ImageError("corrupt or truncated image") from exc
     if float(np.asarray(rgb, dtype=np.float32).std()) < BLANK_PIXEL_STD:
         raise ImageError("blank image (pixel standard deviation below 2)")
-    return pixels
+    fitted = ImageOps.pad(rgb, (width, height), method=Image.Resampling.BILINEAR, color="white")
+    return np.asarray(fitted, dtype=np.float32) / 255.0
+
+
+def _shrink(image: Image.Image, bound: tuple[int, int]) -> Image.Image:
+    """The image reduced to fit `bound` (aspect kept); small images are returned as they are.
+
+    A large image is first reduced by an integer factor in horizontal strips: converting or
+    resampling it whole would copy it at full size (alpha is premultiplied to resample), while
+    a strip costs a few MB. The result, at most twice the bound, is then resized bilinearly.
+    """
+    if image.width <= bound[0] and image.height <= bound[1]:
+        return image
+    alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    mode = "RGBA" if alpha else "RGB"
+    factor = max(1, min(image.width // bound[0], image.height // bound[1]))
+    if factor > 1:
+        step = factor * 32
+        reduced = Image.new(mode, (-(-image.width // factor), -(-image.height // factor)))
+        for top in range(0, image.height, step):
+            strip = image.crop((0, top, image.width, min(top + step, image.height)))
+            reduced.paste(strip.convert(mode).reduce(factor), (0, top // factor))
+        image = reduced
+    else:
+        image = image.convert(mode)
+    image.thumbnail(bound, Image.Resampling.BILINEAR)
+    return image
 
 
 def _to_rgb_on_white(image: Image.Image) -> Image.Image:
@@ -172,11 +238,14 @@ def _to_rgb_on_white(image: Image.Image) -> Image.Image:
 
 def load_image_file(path: Path, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     try:
-        data = Path(path).read_bytes()
+        with Path(path).open("rb") as handle:
+            data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
     except FileNotFoundError as exc:
         raise ImageError(f"missing file: {path}") from exc
     except OSError as exc:
-        raise ImageError(f"unreadable file {path}: {exc.strerror or exc}") from exc
+        raise ImageError(f"unreadable file {path}: {exc.strerror or type(exc).__name__}") from exc
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise ImageError(f"file larger than {MAX_IMAGE_FILE_BYTES:,} bytes")
     return decode_image(data, size)
 
 

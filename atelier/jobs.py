@@ -1,12 +1,20 @@
-"""Batch encoding jobs as plain functions: submit a catalogue, encode one chunk of ids, report progress.
+"""Batch encoding jobs as plain functions: submit a catalogue, queue its chunks, encode one chunk,
+report progress.
 
 The Celery task and the gRPC servicer only call these. A chunk is idempotent: codes are upserts
-keyed by (item id, model version) and progress marks are set members, so a chunk that runs twice
-(a retry, or a redelivery after a worker was killed) changes nothing the second time.
+keyed by (item id, model version) and each item's outcome is recorded once, atomically (done or
+failed, never both), so a chunk that runs twice (a retry, or a redelivery after a worker was
+killed) changes nothing the second time.
+
+Chunks are queued through a window: at most `max_queued_chunks` of a job are in the queue at
+once, and each finished chunk tops the window up. The job records how far queueing got (a
+high-water mark that only rises), so an encoder that dies part-way leaves a job that the next
+scan (`resume`), or the next GetJob, carries on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -15,25 +23,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from redis.exceptions import LockError
 
-from atelier.catalogue import ImageError, decode_image, load_image_file, read_catalogue_csv
-from atelier.store import METADATA_FIELDS, CodeStore, ItemRecord
+from atelier.catalogue import ImageError, decode_image, iter_catalogue_csv, load_image_file
+from atelier.confinement import CatalogueRoots, PathNotAllowed, shown
+from atelier.latent import NON_FINITE_CODE, finite_rows
+from atelier.store import METADATA_FIELDS, CodeStore, ItemRecord, valid_job_id
 
 log = logging.getLogger(__name__)
 
 EncodeFn = Callable[[np.ndarray, int], dict[str, np.ndarray]]
+EnqueueFn = Callable[[str, int], None]  # (job id, chunk index)
 DEFAULT_CHUNK = 64
+MAX_ITEM_ID_CHARS = 256
+# A rate over less than this is noise (two timestamps of one chunk), not a throughput.
+MIN_RATE_SECONDS = 1.0
+PUMP_LOCK_SECONDS = 10.0
 
 
 class ChunkRejected(Exception):
     """The model refused the whole batch for a reason retrying will not fix."""
 
 
+class LimitExceeded(ValueError):
+    """A request over one of the documented limits (entries per job, inline image bytes)."""
+
+
+class QueueUnavailable(Exception):
+    """The queue refused the job's work; its unqueued items are recorded as failed."""
+
+    def __init__(self, job_id: str, reason: str):
+        super().__init__(reason)
+        self.job_id = job_id
+
+
 class JobState(enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    FAILED = "failed"  # every item failed, or the work could not be queued
     CANCELLED = "cancelled"
+
+
+FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """How jobs are cut, queued, bounded and kept (the encoder's settings)."""
+
+    chunk_size: int = DEFAULT_CHUNK
+    ttl_seconds: int = 7 * 24 * 3600
+    max_queued_chunks: int = 32
+    max_job_entries: int = 1_000_000
+    max_inline_image_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,137 +92,350 @@ class JobProgress:
     created: float
     finished: float
     failures: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    chunks: int = 0
+    queued_chunks: int = 0
 
 
-def entries_from_csv(csv_path: Path, image_dir: Path | None = None) -> list[dict[str, str]]:
-    """Job entries (item id, image path and metadata) from a catalogue CSV."""
-    return [
-        {"item_id": item.item_id, "image_ref": str(item.image_path), **item.metadata()}
-        for item in read_catalogue_csv(csv_path, image_dir)
-    ]
+# --- building a job's entries ---
+
+
+def entries_from_csv(
+    roots: CatalogueRoots,
+    csv_path: str,
+    image_dir: str | None = None,
+    max_entries: int = JobPolicy.max_job_entries,
+) -> list[dict[str, str]]:
+    """Job entries (item id, image path and metadata) from a catalogue CSV inside the roots.
+
+    Raises PathNotAllowed for a CSV or image folder outside the roots, FileNotFoundError for a
+    missing CSV inside them, LimitExceeded past max_entries rows, and ValueError naming the
+    line for a malformed file. Image paths are checked when a worker reads them: one outside
+    the roots fails its item, not the job.
+    """
+    csv_file = roots.resolve(csv_path)
+    folder = roots.resolve_dir(image_dir) if image_dir else None
+    entries = []
+    for item in iter_catalogue_csv(csv_file, folder):
+        if len(entries) >= max_entries:
+            raise LimitExceeded(
+                f"the catalogue has more than {max_entries:,} rows (MAX_JOB_ENTRIES); "
+                "split it into several jobs"
+            )
+        entries.append(
+            {"item_id": item.item_id, "image_ref": str(item.image_path), **item.metadata()}
+        )
+    return entries
+
+
+def normalise_entry(item_id: str, metadata: dict[str, str], image_ref: str, image: bytes) -> dict:
+    """One job entry from a request's fields: the store's metadata fields, the image or its ref.
+
+    An entry that carries its image is encoded from those bytes only: its image_ref becomes
+    "inline", so no path rides along into the generation.
+    """
+    entry: dict = {"item_id": item_id, "image_ref": "inline" if image else image_ref}
+    entry.update({k: metadata.get(k, "") for k in METADATA_FIELDS if k != "image_ref"})
+    if image:
+        entry["image"] = image
+    return entry
+
+
+def validate_entries(entries: Sequence[dict], policy: JobPolicy) -> None:
+    """Ids present, short and unique; the job and every inline image within the limits."""
+    if not entries:
+        raise ValueError("a job needs at least one item")
+    if len(entries) > policy.max_job_entries:
+        raise LimitExceeded(
+            f"a job holds at most {policy.max_job_entries:,} entries (MAX_JOB_ENTRIES), "
+            f"got {len(entries):,}"
+        )
+    seen: set[str] = set()
+    for entry in entries:
+        item_id = str(entry.get("item_id", "")).strip()
+        if not item_id:
+            raise ValueError("every item needs a non-empty item_id")
+        if len(item_id) > MAX_ITEM_ID_CHARS:
+            raise ValueError(f"item ids are at most {MAX_ITEM_ID_CHARS} characters")
+        if item_id in seen:
+            raise ValueError(f"item_id {item_id!r} appears twice in the job")
+        seen.add(item_id)
+        image = entry.get("image")
+        if image is not None and len(image) > policy.max_inline_image_bytes:
+            raise LimitExceeded(
+                f"item {item_id!r}: the inline image is {len(image):,} bytes; the limit is "
+                f"{policy.max_inline_image_bytes:,} (MAX_INLINE_IMAGE_BYTES)"
+            )
+
+
+# --- submitting and queueing ---
+
+
+def create(
+    store: CodeStore,
+    version: int,
+    entries: Sequence[dict],
+    image_size: tuple[int, int],
+    policy: JobPolicy = JobPolicy(),
+) -> str:
+    """Validate and record a job; nothing is queued yet (see pump)."""
+    validate_entries(entries, policy)
+    return store.create_job(version, entries, policy.chunk_size, policy.ttl_seconds, image_size)
+
+
+def pump(
+    store: CodeStore,
+    job_id: str,
+    enqueue: EnqueueFn,
+    window: int,
+    wait: float = PUMP_LOCK_SECONDS,
+) -> int:
+    """Queue the job's next chunks until `window` of them are in flight. Returns chunks queued.
+
+    Each chunk is handed to the queue before the high-water mark passes it, so a crash in
+    between queues that chunk twice (harmless: chunks are idempotent) and never skips it. One
+    pump per job at a time (a Redis lock), so concurrent pumps do not queue the same chunk.
+    Exceptions from `enqueue` propagate; what was queued before stays counted. `wait`: how long
+    to wait for another pump of the same job to finish (0: not at all).
+    """
+    state = store.queue_state(job_id)
+    if state is None or state.cancelled or state.queued >= state.chunks:
+        store.forget_active(job_id)
+        return 0
+    if state.in_flight >= window:
+        return 0
+    lock = store.pump_lock(job_id, PUMP_LOCK_SECONDS)
+    if not lock.acquire(blocking=wait > 0, blocking_timeout=wait or None):
+        return 0  # another pump holds it; the next finished chunk or scan tops up
+    sent = 0
+    try:
+        while True:
+            state = store.queue_state(job_id)
+            if state is None or state.cancelled or state.queued >= state.chunks:
+                store.forget_active(job_id)
+                return sent
+            if state.in_flight >= window:
+                return sent
+            store.touch_chunk(job_id, state.queued, state.chunk_size)
+            enqueue(job_id, state.queued)
+            store.advance_queued(job_id, state.queued + 1)
+            sent += 1
+    finally:
+        with contextlib.suppress(LockError):  # it expired meanwhile; nothing relies on it
+            lock.release()
+
+
+def fail_unqueued(store: CodeStore, job_id: str, reason: str) -> None:
+    """Record every item of the chunks not yet queued as failed, and the job's reason."""
+    state = store.queue_state(job_id)
+    if state is None:
+        return
+    definition = store.job_definition(job_id)
+    version = int(definition["model_version"])
+    for index in range(state.queued, state.chunks):
+        ids = store.chunk_item_ids(job_id, index, state.chunk_size)
+        store.record_chunk(job_id, version, [], dict.fromkeys(ids, reason), chunk_index=index)
+    store.advance_queued(job_id, state.chunks)
+    store.set_job_fields(job_id, reason=reason)
+    store.forget_active(job_id)
 
 
 def submit(
     store: CodeStore,
     version: int,
     entries: Sequence[dict],
-    enqueue: Callable[[str, list[str]], None],
-    chunk_size: int = DEFAULT_CHUNK,
+    image_size: tuple[int, int],
+    enqueue: EnqueueFn,
+    policy: JobPolicy = JobPolicy(),
 ) -> str:
-    """Record the job, then hand its ids to the queue in chunks. Tasks carry ids, never arrays."""
-    if not entries:
-        raise ValueError("a job needs at least one item")
-    seen: set[str] = set()
-    for entry in entries:
-        item_id = str(entry.get("item_id", "")).strip()
-        if not item_id:
-            raise ValueError("every item needs a non-empty item_id")
-        if item_id in seen:
-            raise ValueError(f"item_id {item_id!r} appears twice in the job")
-        seen.add(item_id)
-    job_id = store.create_job(version, entries)
-    for chunk in store.pending_chunks(job_id, chunk_size):
-        enqueue(job_id, chunk)
+    """Record the job and queue its first window of chunks. Tasks carry (job id, chunk), never arrays.
+
+    When the queue refuses, the unqueued items are failed with the reason (the job ends FAILED
+    if nothing was queued) and QueueUnavailable is raised with the job id.
+    """
+    job_id = create(store, version, entries, image_size, policy)
+    try:
+        pump(store, job_id, enqueue, policy.max_queued_chunks)
+    except Exception as exc:
+        reason = f"not queued: the queue refused the work ({type(exc).__name__})"
+        log.warning("job %s: %s: %s", job_id, reason, exc)
+        fail_unqueued(store, job_id, reason)
+        raise QueueUnavailable(job_id, reason) from exc
     return job_id
 
 
-def _load(entry: dict[bytes, bytes], size: tuple[int, int]) -> np.ndarray:
+def resume(store: CodeStore, enqueue: EnqueueFn, window: int) -> dict[str, int]:
+    """Top up every job that may still have chunks to queue (an encoder's startup scan and its
+    periodic one). Returns chunks queued per job; a queue failure is logged and retried later."""
+    queued: dict[str, int] = {}
+    for job_id in store.active_jobs():
+        if not valid_job_id(job_id):
+            store.forget_active(job_id)
+            continue
+        try:
+            queued[job_id] = pump(store, job_id, enqueue, window)
+        except Exception as exc:
+            log.warning("job %s: could not queue its next chunks: %s", job_id, exc)
+    return {job_id: n for job_id, n in queued.items() if n}
+
+
+# --- encoding a chunk ---
+
+
+def _load(
+    entry: dict[bytes, bytes], size: tuple[int, int], roots: CatalogueRoots
+) -> tuple[np.ndarray, str]:
+    """The entry's pixels and the image_ref to keep with its codes."""
     inline = entry.get(b"image")
     if inline is not None:
-        return decode_image(inline, size)
+        return decode_image(inline, size), "inline"
     reference = entry.get(b"image_ref", b"").decode()
-    if not reference:
+    if not reference or reference == "inline":
         raise ImageError("no image and no image_ref")
-    return load_image_file(Path(reference), size)
+    try:
+        path = roots.resolve(reference)
+    except FileNotFoundError:
+        raise ImageError(f"missing file: {shown(reference)}") from None
+    except PathNotAllowed as exc:
+        raise ImageError(f"image_ref {exc}") from None
+    return load_image_file(path, size), str(path)
 
 
 def encode_chunk(
-    store: CodeStore,
-    encode: EncodeFn,
-    job_id: str,
-    item_ids: Sequence[str],
-    image_size: tuple[int, int],
+    store: CodeStore, encode: EncodeFn, job_id: str, chunk_index: int, roots: CatalogueRoots
 ) -> tuple[int, int]:
     """Encode one chunk of a job's items. Bad images are recorded by id and reason, never raised.
 
-    Returns (written, failed). Raises only for transient trouble (model server, Redis), which the
-    caller retries; nothing is written for the chunk in that case.
+    Items already recorded (a redelivered chunk) are skipped. Returns (written, failed). Raises
+    only for transient trouble (model server, Redis), which the caller retries; nothing is
+    written for the chunk in that case.
     """
     definition = store.job_definition(job_id)
     if not definition:
-        raise LookupError(f"unknown job {job_id}")
-    if store.job_cancelled(job_id):
+        log.warning("job %s is unknown or expired; chunk %d dropped", job_id, chunk_index)
+        return 0, 0
+    if definition.get("cancelled") == "1":
         return 0, 0
     version = int(definition["model_version"])
-    entries = store.job_entries(job_id, item_ids)
+    size = (int(definition["image_height"]), int(definition["image_width"]))
+    item_ids = store.chunk_item_ids(job_id, chunk_index, int(definition["chunk_size"]))
+    recorded = store.recorded_ids(job_id, item_ids)
+    todo = [item_id for item_id in item_ids if item_id not in recorded]
     images, kept, failures = [], [], {}
-    for item_id, entry in zip(item_ids, entries, strict=True):
+    for item_id, entry in zip(todo, store.job_entries(job_id, todo), strict=True):
         if not entry:
-            failures[item_id] = "job entry missing"
+            failures[item_id] = "job entry missing (expired?)"
             continue
         try:
-            images.append(_load(entry, image_size))
-            kept.append((item_id, entry))
+            pixels, reference = _load(entry, size, roots)
         except ImageError as exc:
             failures[item_id] = str(exc)
+            continue
+        images.append(pixels)
+        kept.append((item_id, entry, reference))
     records = []
     if images:
         try:
             codes = encode(np.stack(images), version)
+            finite = finite_rows(codes)
         except ChunkRejected as exc:
-            failures.update({item_id: str(exc) for item_id, _ in kept})
+            failures.update({item_id: str(exc) for item_id, _, _ in kept})
             kept = []
-        for row, (item_id, entry) in enumerate(kept):
+        for row, (item_id, entry, reference) in enumerate(kept):
+            if not finite[row]:
+                failures[item_id] = NON_FINITE_CODE
+                continue
             metadata = {
                 k.decode(): v.decode() for k, v in entry.items() if k not in (b"image", b"item_id")
             }
-            if b"image" in entry and not metadata.get("image_ref"):
-                metadata["image_ref"] = "inline"
+            metadata["image_ref"] = reference
             records.append(
                 ItemRecord(
                     item_id, codes["mu"][row], codes["sigma"][row], codes["z"][row], metadata
                 )
             )
-    store.record_progress(job_id, version, records, failures)
+    store.record_chunk(job_id, version, records, failures, chunk_index=chunk_index)
     return len(records), len(failures)
 
 
-def fail_chunk(store: CodeStore, job_id: str, item_ids: Sequence[str], reason: str) -> None:
-    """Record every item of a chunk that this job has not written as failed (the queue gave up on it)."""
+def fail_chunk(store: CodeStore, job_id: str, chunk_index: int, reason: str) -> int:
+    """Record every item of a chunk not yet recorded as failed (the queue gave up on it)."""
     definition = store.job_definition(job_id)
-    if definition:
-        written = store.job_done_ids(job_id, item_ids)
-        failures = {i: reason for i in item_ids if i not in written}
-        store.record_progress(job_id, int(definition["model_version"]), [], failures)
+    if not definition:
+        return 0
+    ids = store.chunk_item_ids(job_id, chunk_index, int(definition["chunk_size"]))
+    recorded = store.recorded_ids(job_id, ids)
+    failures = {i: reason for i in ids if i not in recorded}
+    store.record_chunk(
+        job_id, int(definition["model_version"]), [], failures, chunk_index=chunk_index
+    )
+    return len(failures)
+
+
+def poisoned(
+    store: CodeStore, job_id: str, chunk_index: int, attempt: int, max_deliveries: int
+) -> bool:
+    """Count a delivery of (chunk, attempt); past max_deliveries, fail the chunk's items.
+
+    A chunk whose worker dies under it (out of memory, a crash in a decoder) is redelivered;
+    without a cap it would kill worker after worker forever. Returns True when the caller
+    must not run the chunk (also for an unknown or expired job).
+    """
+    deliveries = store.begin_chunk(job_id, chunk_index, attempt)
+    if deliveries == 0:
+        return True
+    if deliveries <= max_deliveries:
+        return False
+    killed = deliveries - 1
+    log.error(
+        "job %s: chunk %d killed its worker %d times; failing it", job_id, chunk_index, killed
+    )
+    fail_chunk(store, job_id, chunk_index, f"chunk killed its worker {killed} times")
+    return True
+
+
+# --- progress ---
+
+
+def items_per_second(count: int, start: float, end: float) -> float:
+    """Items over the job's real elapsed time, never over less than MIN_RATE_SECONDS."""
+    return count / max(end - start, MIN_RATE_SECONDS) if count else 0.0
 
 
 def progress(
     store: CodeStore, job_id: str, max_failures: int = 0, now: float | None = None
 ) -> JobProgress | None:
     """Progress derived from the job's sets: nothing is counted twice, whatever ran twice."""
-    raw = store.job_progress(job_id, max_failures)
-    if raw is None:
+    if not valid_job_id(job_id):
         return None
-    now = time.time() if now is None else now
-    total, done, failed = int(raw["total"]), raw["done"], raw["failed"]
+    raw = store.job_progress(job_id, max_failures)
+    return None if raw is None else progress_of(raw, time.time() if now is None else now)
+
+
+def progress_of(raw: dict, now: float) -> JobProgress:
+    """A job's progress from its stored record (store.job_progress)."""
+    total, done, failed = int(raw["total"]), int(raw["done"]), int(raw["failed"])
     finished_count = done + failed
     created = float(raw["created"])
-    started = float(raw.get("started", created))
-    updated = float(raw.get("updated", now))
+    started = float(raw.get("started") or created)
+    finished_at = float(raw["finished"]) if raw.get("finished") else 0.0
     if raw.get("cancelled") == "1":
         state = JobState.CANCELLED
     elif finished_count >= total:
-        state = JobState.SUCCEEDED
-    elif finished_count:
+        state = JobState.SUCCEEDED if done else JobState.FAILED
+    elif finished_count or raw.get("started"):
         state = JobState.RUNNING
     else:
         state = JobState.QUEUED
-    end = updated if state in (JobState.SUCCEEDED, JobState.CANCELLED) else now
-    elapsed = max(end - started, 1e-6)
-    rate = finished_count / elapsed if finished_count else 0.0
+    cancelled_at = float(raw.get("updated") or now)
+    end = cancelled_at if state is JobState.CANCELLED else (finished_at or now)
+    rate = items_per_second(finished_count, started, end)
     eta = (total - finished_count) / rate if rate and state is JobState.RUNNING else 0.0
+    reason = raw.get("reason", "")
+    if state is JobState.FAILED and not reason:
+        reason = "every item failed; see the failures"
     return JobProgress(
-        job_id=job_id,
+        job_id=raw["job_id"],
         model_version=int(raw["model_version"]),
         state=state,
         total=total,
@@ -188,56 +444,12 @@ def progress(
         items_per_second=rate,
         eta_seconds=eta,
         created=created,
-        finished=updated if state is JobState.SUCCEEDED else 0.0,
+        finished=finished_at if state in (JobState.SUCCEEDED, JobState.FAILED) else 0.0,
         failures=raw["failures"],
+        reason=reason,
+        chunks=int(raw.get("chunks", 0)),
+        queued_chunks=int(raw.get("queued", 0)),
     )
-
-
-class QueueUnavailable(Exception):
-    """The queue refused new work; the job's unqueued items are recorded as failed."""
-
-
-def submit_or_fail(
-    store: CodeStore,
-    version: int,
-    entries: Sequence[dict],
-    enqueue: Callable[[str, list[str]], None],
-    chunk_size: int = DEFAULT_CHUNK,
-) -> str:
-    """Like submit, but a queue failure part-way never leaves a job that cannot finish."""
-    queued: list[str] = []
-    job_id_holder: list[str] = []
-
-    def tracked(job_id: str, item_ids: list[str]) -> None:
-        job_id_holder[:] = [job_id]
-        enqueue(job_id, item_ids)
-        queued.extend(item_ids)
-
-    try:
-        return submit(store, version, entries, tracked, chunk_size)
-    except ValueError:
-        raise
-    except Exception as exc:
-        if job_id_holder:
-            job_id = job_id_holder[0]
-            done = set(queued)
-            reason = f"not queued: {exc}"
-            store.record_progress(
-                job_id,
-                version,
-                [],
-                {str(e["item_id"]): reason for e in entries if str(e["item_id"]) not in done},
-            )
-        raise QueueUnavailable(str(exc)) from exc
-
-
-def normalise_entry(item_id: str, metadata: dict[str, str], image_ref: str, image: bytes) -> dict:
-    """One job entry from a request's fields: the store's metadata fields, the image or its ref."""
-    entry: dict = {"item_id": item_id, "image_ref": image_ref}
-    entry.update({k: metadata.get(k, "") for k in METADATA_FIELDS if k != "image_ref"})
-    if image:
-        entry["image"] = image
-    return entry
 
 
 def ensure_model_registered(

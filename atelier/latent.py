@@ -62,3 +62,12 @@ def validate_vector(values, latent_dim: int, max_abs: float) -> np.ndarray:
             f"latent values must lie within ±{max_abs:g}; position {worst} is {vector[worst]:g}"
         )
     return vector
+
+
+NON_FINITE_CODE = "the model returned a non-finite code for this image"
+
+
+def finite_rows(codes: dict[str, np.ndarray]) -> np.ndarray:
+    """True for each row (image) whose μ, σ and z are all finite: NaN or inf never leave a service."""
+    rows = [np.isfinite(np.asarray(codes[name], dtype=np.float64)) for name in ("mu", "sigma", "z")]
+    return np.logical_and.reduce([r.reshape(len(r), -1).all(axis=1) for r in rows])

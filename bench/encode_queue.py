@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 from tqdm import tqdm
 
@@ -83,11 +82,18 @@ def main() -> int:
     log.info("in-process ceiling: %.0f items/s", ceiling)
 
     env = {"ENCODE_CHUNK_SIZE": str(args.chunk), "QUEUE_VISIBILITY_TIMEOUT_SECONDS": "10"}
+    catalogue_dir = str(args.catalogue.resolve().parent)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        local_suite(Path(tmp), args.models, workers=args.workers, extra_env=env) as suite,
+        local_suite(
+            Path(tmp),
+            args.models,
+            workers=args.workers,
+            # The encoder reads catalogues only below its roots: the catalogue's folder and ours.
+            extra_env={**env, "CATALOGUE_ROOTS": os.pathsep.join([catalogue_dir, tmp])},
+        ) as suite,
     ):
-        channel = grpc.insecure_channel(suite.env["ENCODER_ADDR"])
+        channel = suite.channel("encoder")
         stub = encoder_pb2_grpc.EncoderServiceStub(channel)
         store = CodeStore.from_url(suite.env["REDIS_URL"])
 

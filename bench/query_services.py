@@ -265,7 +265,7 @@ def main() -> int:
                 for n in ("encoder", "decoder", "retrieval", "recommender")
             )
         )
-        client = AtelierClient(addresses, timeout=30)
+        client = AtelierClient(addresses, timeout=30, token=suite.token or "")
 
         search_catalogue = measure_size(
             "catalogue",

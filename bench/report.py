@@ -1,4 +1,7 @@
-"""Merge one benchmark's figures into docs/benchmarks.json and re-render docs/benchmarks.md from it."""
+"""Merge one benchmark's figures into a docs/<report>.json and re-render docs/<report>.md from it.
+
+Two reports: `benchmarks` (speed and memory) and `reliability` (security, chaos, soak, fuzzing).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ def machine() -> dict:
     }
 
 
-def update(key: str, figures: dict, command: str) -> dict:
-    path = DOCS / "benchmarks.json"
+def update(key: str, figures: dict, command: str, report: str = "benchmarks") -> dict:
+    path = DOCS / f"{report}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[key] = {
         **figures,
@@ -30,7 +33,7 @@ def update(key: str, figures: dict, command: str) -> dict:
     }
     DOCS.mkdir(exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
-    (DOCS / "benchmarks.md").write_text(render(data))
+    (DOCS / f"{report}.md").write_text(render(data, report))
     return data
 
 
@@ -45,11 +48,11 @@ def _flatten(prefix: str, value, rows: list[tuple[str, str]]) -> None:
         rows.append((prefix, str(value)))
 
 
-def render(data: dict) -> str:
+def render(data: dict, report: str = "benchmarks") -> str:
     lines = [
-        "# Benchmarks",
+        f"# {report.capitalize()}",
         "",
-        "Generated from `docs/benchmarks.json` by the benchmark scripts in `bench/`; every figure below",
+        f"Generated from `docs/{report}.json` by the benchmark scripts in `bench/`; every figure below",
         "comes from the command named in its section. Ratios compare against a baseline measured in the",
         "same run, because these machines are noisy.",
         "",

@@ -69,7 +69,13 @@ def main() -> int:
 
     with (
         tempfile.TemporaryDirectory() as tmp,
-        local_suite(Path(tmp), args.models, workers=args.workers) as suite,
+        local_suite(
+            Path(tmp),
+            args.models,
+            workers=args.workers,
+            # The encoder reads images only below its roots: the catalogue's folder.
+            extra_env={"CATALOGUE_ROOTS": str(Path(data["csv"]).resolve().parent)},
+        ) as suite,
     ):
         client = AtelierClient(
             Addresses(
@@ -79,6 +85,7 @@ def main() -> int:
                 )
             ),
             timeout=60,
+            token=suite.token or "",
         )
         entries = [
             encoder_pb2.CatalogueEntry(

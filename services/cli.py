@@ -1,6 +1,8 @@
 """The `atelier` command line: the model commands from atelier.cli plus the service clients.
 
-encode, generations, similar, recommend and decode talk to the running services over gRPC.
+encode, generations, similar, recommend and decode talk to the running services over gRPC and
+send a bearer token (--token, --token-file, $ATELIER_TOKEN or $ATELIER_TOKEN_FILE); tokens
+manages the tokens in Redis.
 """
 
 from __future__ import annotations
@@ -13,12 +15,36 @@ from pathlib import Path
 from atelier import cli as model_cli
 
 
+def _store(args: argparse.Namespace):
+    """The store at --redis, with REDIS_PASSWORD_FILE and the REDIS_TLS_* files applied."""
+    from atelier.store import CodeStore
+    from services.common.redisconf import with_secrets
+
+    return CodeStore.from_url(with_secrets(args.redis))
+
+
+def _encoder_client(args: argparse.Namespace):
+    from services.common.client import Addresses, AtelierClient
+
+    env = Addresses.from_env()
+    return AtelierClient(
+        Addresses(args.encoder or env.encoder, env.decoder, env.retrieval, env.recommender),
+        timeout=args.timeout,
+        token=_token(args),
+    )
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    from services.common.auth import client_token, read_token_file
+
+    return client_token(args.token or read_token_file(args.token_file))
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     """Submit a catalogue to the EncoderService and follow the job with a progress bar."""
     import grpc
 
-    from atelier.store import CodeStore
-    from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+    from atelier.v1 import common_pb2, encoder_pb2
     from services.common.client import follow_job
 
     version = args.version
@@ -30,46 +56,74 @@ def cmd_encode(args: argparse.Namespace) -> int:
             print(f"error: no exported model versions under {args.models}", file=sys.stderr)
             return 2
         version = versions[-1]
-    served = CodeStore.from_url(args.redis).served_version() if args.skip_if_served else None
-    if served is not None and (not version or served == version):
-        print(f"generation {served} is already served; nothing to do")
-        return 0
-    with grpc.insecure_channel(args.encoder) as channel:
-        stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+    client = _encoder_client(args)
+    try:
+        if args.skip_if_served:
+            served = client.list_generations().served_version or None
+            if served is not None and (not version or served == version):
+                print(f"generation {served} is already served; nothing to do")
+                return 0
         request = encoder_pb2.SubmitCatalogueRequest(
             csv_path=str(args.catalogue.resolve()),
             image_dir=str(args.images.resolve()) if args.images else "",
             model_version=int(version),
         )
-        try:
-            job = stub.SubmitCatalogue(request, timeout=120)
-            print(f"job {job.job_id}: {job.total} items under model version {job.model_version}")
-            job = follow_job(stub, job, max_failures=10_000)
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 2
-    for failure in job.failures:
-        print(f"failed {failure.item_id}: {failure.reason}")
-    print(f"{common_pb2.JobState.Name(job.state)}: {job.done} encoded, {job.failed} failed")
-    if args.serve and job.state == common_pb2.JOB_STATE_SUCCEEDED and job.done:
-        CodeStore.from_url(args.redis).serve(job.model_version)
-        print(f"now serving model version {job.model_version}")
+        job = client.encoder.SubmitCatalogue(request, timeout=120)
+        print(f"job {job.job_id}: {job.total} items under model version {job.model_version}")
+        job = follow_job(client.encoder, job, max_failures=10_000)
+        for failure in job.failures:
+            print(f"failed {failure.item_id}: {failure.reason}")
+        print(f"{common_pb2.JobState.Name(job.state)}: {job.done} encoded, {job.failed} failed")
+        if job.reason:
+            print(f"reason: {job.reason}")
+        if args.serve and job.state == common_pb2.JOB_STATE_SUCCEEDED and job.done:
+            client.serve_generation(job.model_version)
+            print(f"now serving model version {job.model_version}")
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
     return 0 if job.state == common_pb2.JOB_STATE_SUCCEEDED else 1
 
 
 def cmd_generations(args: argparse.Namespace) -> int:
-    from atelier.store import CodeStore
+    if args.action != "list" and args.version is None:
+        print(f"error: `generations {args.action}` needs a version", file=sys.stderr)
+        return 2
+    if args.redis:
+        return _generations_in_redis(args)
 
-    store = CodeStore.from_url(args.redis)
+    def action() -> int:
+        client = _encoder_client(args)
+        try:
+            if args.action == "list":
+                for generation in client.list_generations().generations:
+                    marker = " (served)" if generation.served else ""
+                    print(f"version {generation.model_version}: {generation.items} items{marker}")
+            elif args.action == "serve":
+                client.serve_generation(args.version)
+                print(f"now serving model version {args.version}")
+            else:
+                removed = client.remove_generation(args.version).removed_keys
+                print(f"removed {removed} keys of version {args.version}")
+        finally:
+            client.close()
+        return 0
+
+    return _run_client(action)
+
+
+def _generations_in_redis(args: argparse.Namespace) -> int:
+    """Operator-only: straight to Redis, no service and no role check (whoever can reach Redis
+    can change anything anyway)."""
+    store = _store(args)
     if args.action == "list":
         served = store.served_version()
         for version in store.model_versions():
             marker = " (served)" if version == served else ""
             print(f"version {version}: {store.item_count(version)} items{marker}")
         return 0
-    if args.version is None:
-        print(f"error: `generations {args.action}` needs a version", file=sys.stderr)
-        return 2
     try:
         if args.action == "serve":
             store.serve(args.version)
@@ -80,6 +134,74 @@ def cmd_generations(args: argparse.Namespace) -> int:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
     return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """Create, list and revoke tokens in Redis; init-secrets writes the compose secrets."""
+    import redis
+
+    from atelier.auth import Role, TokenStore
+    from services.common.redisconf import with_secrets
+
+    password_file = getattr(args, "redis_password_file", None)
+    if password_file is not None:
+        # First, with no Redis yet: compose's Redis starts with this password (and
+        # REDIS_PASSWORD_FILE, read just below, usually names this very file).
+        from services.common.secrets import ensure_redis_password
+
+        print(f"redis-password: {ensure_redis_password(password_file)}")
+    store = TokenStore.from_url(with_secrets(args.redis))
+    try:
+        if getattr(args, "wait", 0) > 0:
+            _wait_for_redis(store.redis, args.wait)
+        if args.action == "create":
+            token = store.create(args.name, Role.parse(args.role))
+            print(token)
+            print(
+                f"token {args.name!r} ({args.role}) created; it is shown only now, keep it safe",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            import time
+
+            for record in store.list():
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
+                print(f"{record.name:<24} {record.role.label:<7} created {created} UTC")
+        elif args.action == "revoke":
+            if not store.revoke(args.name):
+                print(f"error: no token named {args.name!r}", file=sys.stderr)
+                return 2
+            print(f"revoked {args.name!r} (services may accept it for a few seconds more)")
+        else:
+            from services.common.secrets import DEFAULT_SECRETS, init_secrets
+
+            wanted = dict(args.secret) if args.secret else DEFAULT_SECRETS
+            for name, outcome in init_secrets(store, args.dir, wanted).items():
+                print(f"{name}: {outcome}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"error: redis: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _wait_for_redis(client, seconds: float) -> None:
+    """Until Redis answers (compose starts init-secrets before Redis, which needs its password)."""
+    import time
+
+    import redis
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.RedisError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _client(args: argparse.Namespace):
@@ -94,6 +216,7 @@ def _client(args: argparse.Namespace):
             recommender=args.recommender or env.recommender,
         ),
         timeout=args.timeout,
+        token=_token(args),
     )
 
 
@@ -230,6 +353,7 @@ def _add_client_arguments(parser: argparse.ArgumentParser, query: bool = True) -
             f"--{name}", default=None, help=f"{name} address (default ${name.upper()}_ADDR)"
         )
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
+    _add_token_arguments(parser)
     if query:
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--item", help="catalogue item id")
@@ -241,6 +365,24 @@ def _add_client_arguments(parser: argparse.ArgumentParser, query: bool = True) -
             choices=("fixed_eps", "loglik", "mu_l2", "cosine", "cityblock"),
         )
         parser.add_argument("-k", type=int, default=10)
+
+
+def _add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="bearer token (default $ATELIER_TOKEN; prefer it or --token-file: a flag shows in ps)",
+    )
+    parser.add_argument(
+        "--token-file", default=None, help="file holding the token (default $ATELIER_TOKEN_FILE)"
+    )
+
+
+def _secret(text: str) -> tuple[str, str]:
+    name, sep, role = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"give a secret as NAME:ROLE, got {text!r}")
+    return name, role
 
 
 def add_service_commands(commands: argparse._SubParsersAction) -> None:
@@ -256,7 +398,9 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
         help="model version, or 'latest' for the newest under --models (default: the served one)",
     )
     encode.add_argument("--models", type=Path, default=Path(os.environ.get("MODELS_DIR", "models")))
-    encode.add_argument("--encoder", default=os.environ.get("ENCODER_ADDR", "127.0.0.1:50051"))
+    encode.add_argument("--encoder", default=None, help="encoder address (default $ENCODER_ADDR)")
+    encode.add_argument("--timeout", type=float, default=120.0, help="deadline per call, seconds")
+    _add_token_arguments(encode)
     encode.add_argument(
         "--serve", action="store_true", help="serve this generation once it is complete"
     )
@@ -265,7 +409,6 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do nothing if this version's generation is served (without --version: if any is)",
     )
-    encode.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     encode.set_defaults(handler=cmd_encode)
 
     generations = commands.add_parser(
@@ -274,9 +417,56 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     generations.add_argument("action", choices=("list", "serve", "remove"))
     generations.add_argument("version", type=int, nargs="?", default=None)
     generations.add_argument(
-        "--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        "--encoder", default=None, help="encoder address (default $ENCODER_ADDR)"
+    )
+    generations.add_argument("--timeout", type=float, default=30.0)
+    _add_token_arguments(generations)
+    generations.add_argument(
+        "--redis",
+        default=None,
+        help="operator only: change Redis directly, bypassing the services and their role checks",
     )
     generations.set_defaults(handler=cmd_generations)
+
+    tokens = commands.add_parser(
+        "tokens", help="manage bearer tokens (create, list, revoke) and the compose secrets"
+    )
+    tokens_commands = tokens.add_subparsers(dest="action", required=True)
+    create = tokens_commands.add_parser("create", help="a new token, printed once")
+    create.add_argument("name")
+    create.add_argument("--role", required=True, choices=("reader", "writer", "admin"))
+    tokens_commands.add_parser("list", help="every token's name, role and creation time")
+    revoke = tokens_commands.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
+    init = tokens_commands.add_parser(
+        "init-secrets",
+        help="create the suite's tokens as 0400 files in --dir (idempotent: keeps live ones)",
+    )
+    init.add_argument("--dir", type=Path, required=True)
+    init.add_argument(
+        "--secret",
+        type=_secret,
+        action="append",
+        default=[],
+        metavar="NAME:ROLE",
+        help="a token to keep in <dir>/NAME.token (repeatable; default: the compose set)",
+    )
+    init.add_argument(
+        "--redis-password-file",
+        type=Path,
+        default=None,
+        help="first, make sure this file holds a Redis password (generated once, 0400)",
+    )
+    init.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for Redis to answer first (compose starts it alongside Redis)",
+    )
+    for sub in tokens_commands.choices.values():
+        sub.add_argument("--redis", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    tokens.set_defaults(handler=cmd_tokens)
 
     similar = commands.add_parser(
         "similar", help="catalogue items most like an item, a photo or a code"

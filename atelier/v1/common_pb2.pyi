@@ -14,6 +14,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_RUNNING: _ClassVar[JobState]
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
 
 class RankingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,6 +29,7 @@ JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_CANCELLED: JobState
+JOB_STATE_FAILED: JobState
 RANKING_METHOD_UNSPECIFIED: RankingMethod
 RANKING_METHOD_LOGLIK: RankingMethod
 RANKING_METHOD_FIXED_EPS: RankingMethod
@@ -108,7 +110,7 @@ class ItemFailure(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "model_version", "state", "total", "done", "failed", "items_per_second", "eta_seconds", "failures", "created_unix", "finished_unix")
+    __slots__ = ("job_id", "model_version", "state", "total", "done", "failed", "items_per_second", "eta_seconds", "failures", "created_unix", "finished_unix", "reason")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +122,7 @@ class Job(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
     FINISHED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_version: int
     state: JobState
@@ -131,7 +134,8 @@ class Job(_message.Message):
     failures: _containers.RepeatedCompositeFieldContainer[ItemFailure]
     created_unix: float
     finished_unix: float
-    def __init__(self, job_id: _Optional[str] = ..., model_version: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., failed: _Optional[int] = ..., items_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., failures: _Optional[_Iterable[_Union[ItemFailure, _Mapping]]] = ..., created_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ...) -> None: ...
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., model_version: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., total: _Optional[int] = ..., done: _Optional[int] = ..., failed: _Optional[int] = ..., items_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., failures: _Optional[_Iterable[_Union[ItemFailure, _Mapping]]] = ..., created_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("vector", "item_id", "image")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from atelier.v1 import common_pb2 as atelier_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61telier/v1/encoder.proto\x12\natelier.v1\x1a\x17\x61telier/v1/common.proto\"5\n\rEncodeRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"M\n\x0e\x45ncodeResponse\x12$\n\x04\x63ode\x18\x01 \x01(\x0b\x32\x16.atelier.v1.LatentCode\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"?\n\x0e\x43\x61talogueEntry\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.atelier.v1.Item\x12\r\n\x05image\x18\x02 \x01(\x0c\"\x91\x01\n\x16SubmitCatalogueRequest\x12\x12\n\x08\x63sv_path\x18\x01 \x01(\tH\x00\x12/\n\x07\x65ntries\x18\x02 \x01(\x0b\x32\x1c.atelier.v1.CatalogueEntriesH\x00\x12\x11\n\timage_dir\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x42\x08\n\x06source\"?\n\x10\x43\x61talogueEntries\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.atelier.v1.CatalogueEntry\"5\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cmax_failures\x18\x02 \x01(\x05\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t2\x8b\x02\n\x0e\x45ncoderService\x12?\n\x06\x45ncode\x12\x19.atelier.v1.EncodeRequest\x1a\x1a.atelier.v1.EncodeResponse\x12\x46\n\x0fSubmitCatalogue\x12\".atelier.v1.SubmitCatalogueRequest\x1a\x0f.atelier.v1.Job\x12\x34\n\x06GetJob\x12\x19.atelier.v1.GetJobRequest\x1a\x0f.atelier.v1.Job\x12:\n\tCancelJob\x12\x1c.atelier.v1.CancelJobRequest\x1a\x0f.atelier.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61telier/v1/encoder.proto\x12\natelier.v1\x1a\x17\x61telier/v1/common.proto\"5\n\rEncodeRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"M\n\x0e\x45ncodeResponse\x12$\n\x04\x63ode\x18\x01 \x01(\x0b\x32\x16.atelier.v1.LatentCode\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"?\n\x0e\x43\x61talogueEntry\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.atelier.v1.Item\x12\r\n\x05image\x18\x02 \x01(\x0c\"\x91\x01\n\x16SubmitCatalogueRequest\x12\x12\n\x08\x63sv_path\x18\x01 \x01(\tH\x00\x12/\n\x07\x65ntries\x18\x02 \x01(\x0b\x32\x1c.atelier.v1.CatalogueEntriesH\x00\x12\x11\n\timage_dir\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x42\x08\n\x06source\"?\n\x10\x43\x61talogueEntries\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.atelier.v1.CatalogueEntry\"5\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cmax_failures\x18\x02 \x01(\x05\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x18\n\x16ListGenerationsRequest\"F\n\x0eGenerationInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\x03\x12\r\n\x05items\x18\x02 \x01(\x03\x12\x0e\n\x06served\x18\x03 \x01(\x08\"b\n\x17ListGenerationsResponse\x12/\n\x0bgenerations\x18\x01 \x03(\x0b\x32\x1a.atelier.v1.GenerationInfo\x12\x16\n\x0eserved_version\x18\x02 \x01(\x03\"/\n\x16ServeGenerationRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\x03\"J\n\x17ServeGenerationResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\x03\x12\x18\n\x10previous_version\x18\x02 \x01(\x03\"0\n\x17RemoveGenerationRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\x03\"0\n\x18RemoveGenerationResponse\x12\x14\n\x0cremoved_keys\x18\x01 \x01(\x03\x32\xa2\x04\n\x0e\x45ncoderService\x12?\n\x06\x45ncode\x12\x19.atelier.v1.EncodeRequest\x1a\x1a.atelier.v1.EncodeResponse\x12\x46\n\x0fSubmitCatalogue\x12\".atelier.v1.SubmitCatalogueRequest\x1a\x0f.atelier.v1.Job\x12\x34\n\x06GetJob\x12\x19.atelier.v1.GetJobRequest\x1a\x0f.atelier.v1.Job\x12:\n\tCancelJob\x12\x1c.atelier.v1.CancelJobRequest\x1a\x0f.atelier.v1.Job\x12Z\n\x0fListGenerations\x12\".atelier.v1.ListGenerationsRequest\x1a#.atelier.v1.ListGenerationsResponse\x12Z\n\x0fServeGeneration\x12\".atelier.v1.ServeGenerationRequest\x1a#.atelier.v1.ServeGenerationResponse\x12]\n\x10RemoveGeneration\x12#.atelier.v1.RemoveGenerationRequest\x1a$.atelier.v1.RemoveGenerationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_end=530
   _globals['_CANCELJOBREQUEST']._serialized_start=532
   _globals['_CANCELJOBREQUEST']._serialized_end=566
-  _globals['_ENCODERSERVICE']._serialized_start=569
-  _globals['_ENCODERSERVICE']._serialized_end=836
+  _globals['_LISTGENERATIONSREQUEST']._serialized_start=568
+  _globals['_LISTGENERATIONSREQUEST']._serialized_end=592
+  _globals['_GENERATIONINFO']._serialized_start=594
+  _globals['_GENERATIONINFO']._serialized_end=664
+  _globals['_LISTGENERATIONSRESPONSE']._serialized_start=666
+  _globals['_LISTGENERATIONSRESPONSE']._serialized_end=764
+  _globals['_SERVEGENERATIONREQUEST']._serialized_start=766
+  _globals['_SERVEGENERATIONREQUEST']._serialized_end=813
+  _globals['_SERVEGENERATIONRESPONSE']._serialized_start=815
+  _globals['_SERVEGENERATIONRESPONSE']._serialized_end=889
+  _globals['_REMOVEGENERATIONREQUEST']._serialized_start=891
+  _globals['_REMOVEGENERATIONREQUEST']._serialized_end=939
+  _globals['_REMOVEGENERATIONRESPONSE']._serialized_start=941
+  _globals['_REMOVEGENERATIONRESPONSE']._serialized_end=989
+  _globals['_ENCODERSERVICE']._serialized_start=992
+  _globals['_ENCODERSERVICE']._serialized_end=1538
 # @@protoc_insertion_point(module_scope)

@@ -62,3 +62,51 @@ class CancelJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListGenerationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GenerationInfo(_message.Message):
+    __slots__ = ("model_version", "items", "served")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    items: int
+    served: bool
+    def __init__(self, model_version: _Optional[int] = ..., items: _Optional[int] = ..., served: _Optional[bool] = ...) -> None: ...
+
+class ListGenerationsResponse(_message.Message):
+    __slots__ = ("generations", "served_version")
+    GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    generations: _containers.RepeatedCompositeFieldContainer[GenerationInfo]
+    served_version: int
+    def __init__(self, generations: _Optional[_Iterable[_Union[GenerationInfo, _Mapping]]] = ..., served_version: _Optional[int] = ...) -> None: ...
+
+class ServeGenerationRequest(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    def __init__(self, model_version: _Optional[int] = ...) -> None: ...
+
+class ServeGenerationResponse(_message.Message):
+    __slots__ = ("model_version", "previous_version")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    previous_version: int
+    def __init__(self, model_version: _Optional[int] = ..., previous_version: _Optional[int] = ...) -> None: ...
+
+class RemoveGenerationRequest(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    def __init__(self, model_version: _Optional[int] = ...) -> None: ...
+
+class RemoveGenerationResponse(_message.Message):
+    __slots__ = ("removed_keys",)
+    REMOVED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    removed_keys: int
+    def __init__(self, removed_keys: _Optional[int] = ...) -> None: ...

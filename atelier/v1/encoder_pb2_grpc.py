@@ -55,6 +55,21 @@ class EncoderServiceStub:
                 request_serializer=atelier_dot_v1_dot_encoder__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=atelier_dot_v1_dot_common__pb2.Job.FromString,
                 _registered_method=True)
+        self.ListGenerations = channel.unary_unary(
+                '/atelier.v1.EncoderService/ListGenerations',
+                request_serializer=atelier_dot_v1_dot_encoder__pb2.ListGenerationsRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_encoder__pb2.ListGenerationsResponse.FromString,
+                _registered_method=True)
+        self.ServeGeneration = channel.unary_unary(
+                '/atelier.v1.EncoderService/ServeGeneration',
+                request_serializer=atelier_dot_v1_dot_encoder__pb2.ServeGenerationRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_encoder__pb2.ServeGenerationResponse.FromString,
+                _registered_method=True)
+        self.RemoveGeneration = channel.unary_unary(
+                '/atelier.v1.EncoderService/RemoveGeneration',
+                request_serializer=atelier_dot_v1_dot_encoder__pb2.RemoveGenerationRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_encoder__pb2.RemoveGenerationResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServiceServicer:
@@ -69,6 +84,9 @@ class EncoderServiceServicer:
 
     def SubmitCatalogue(self, request, context):
         """Queue a catalogue for encoding under a model version; returns at once with the job.
+        PERMISSION_DENIED: csv_path or image_dir outside the encoder's catalogue roots.
+        INVALID_ARGUMENT: a malformed path or catalogue, or a request over a limit (entries per job,
+        inline image bytes). UNAVAILABLE: the queue refused the work (the job ends FAILED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +100,28 @@ class EncoderServiceServicer:
 
     def CancelJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGenerations(self, request, context):
+        """Every generation of codes in Redis: its model version, item count and whether it is served.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServeGeneration(self, request, context):
+        """Point every query service at a generation (admin only). NOT_FOUND for an unknown model
+        version, FAILED_PRECONDITION for a generation without codes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveGeneration(self, request, context):
+        """Delete a generation's codes (admin only). FAILED_PRECONDITION while it is served.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -108,6 +148,21 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=atelier_dot_v1_dot_encoder__pb2.CancelJobRequest.FromString,
                     response_serializer=atelier_dot_v1_dot_common__pb2.Job.SerializeToString,
+            ),
+            'ListGenerations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGenerations,
+                    request_deserializer=atelier_dot_v1_dot_encoder__pb2.ListGenerationsRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_encoder__pb2.ListGenerationsResponse.SerializeToString,
+            ),
+            'ServeGeneration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServeGeneration,
+                    request_deserializer=atelier_dot_v1_dot_encoder__pb2.ServeGenerationRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_encoder__pb2.ServeGenerationResponse.SerializeToString,
+            ),
+            'RemoveGeneration': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveGeneration,
+                    request_deserializer=atelier_dot_v1_dot_encoder__pb2.RemoveGenerationRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_encoder__pb2.RemoveGenerationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +273,87 @@ class EncoderService:
             '/atelier.v1.EncoderService/CancelJob',
             atelier_dot_v1_dot_encoder__pb2.CancelJobRequest.SerializeToString,
             atelier_dot_v1_dot_common__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGenerations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.EncoderService/ListGenerations',
+            atelier_dot_v1_dot_encoder__pb2.ListGenerationsRequest.SerializeToString,
+            atelier_dot_v1_dot_encoder__pb2.ListGenerationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServeGeneration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.EncoderService/ServeGeneration',
+            atelier_dot_v1_dot_encoder__pb2.ServeGenerationRequest.SerializeToString,
+            atelier_dot_v1_dot_encoder__pb2.ServeGenerationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveGeneration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.EncoderService/RemoveGeneration',
+            atelier_dot_v1_dot_encoder__pb2.RemoveGenerationRequest.SerializeToString,
+            atelier_dot_v1_dot_encoder__pb2.RemoveGenerationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import grpc
 
 from atelier.v1 import (
     common_pb2,
@@ -19,7 +18,8 @@ from atelier.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
-from services.common.runtime import MAX_MESSAGE_BYTES
+from services.common.auth import client_token, with_token
+from services.common.tls import ClientTLS, make_channel
 
 METHODS = {
     "loglik": common_pb2.RANKING_METHOD_LOGLIK,
@@ -72,26 +72,49 @@ def make_query(
 
 
 class AtelierClient:
-    def __init__(self, addresses: Addresses, timeout: float = 10.0):
-        options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # With a dns:///name:port address, spread calls over every replica the name resolves to.
-            ("grpc.lb_policy_name", "round_robin"),
-        ]
+    """Stubs of the four services; every call carries `token` as `authorization: Bearer`.
+
+    token=None takes $ATELIER_TOKEN, else the file at $ATELIER_TOKEN_FILE; "" sends none. TLS as
+    `tls` says (None: from the environment); a call refused as overloaded (RESOURCE_EXHAUSTED) is
+    retried up to 3 times, after the server's hint, within the call's deadline.
+    """
+
+    def __init__(
+        self,
+        addresses: Addresses,
+        timeout: float = 10.0,
+        tls: ClientTLS | None = None,
+        token: str | None = None,
+    ):
+        tls = ClientTLS.from_env() if tls is None else tls
         self.timeout = timeout
+        self._owns_channels = True
         self._channels = {
-            name: grpc.insecure_channel(getattr(addresses, name), options=options)
+            # With a dns:///name:port address, round robin spreads calls over every replica.
+            name: make_channel(getattr(addresses, name), tls, round_robin=True, retry_overload=True)
             for name in ("encoder", "decoder", "retrieval", "recommender")
         }
-        self.encoder = encoder_pb2_grpc.EncoderServiceStub(self._channels["encoder"])
-        self.decoder = decoder_pb2_grpc.DecoderServiceStub(self._channels["decoder"])
-        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels["retrieval"])
-        self.recommender = recommender_pb2_grpc.RecommenderServiceStub(
-            self._channels["recommender"]
-        )
+        self._bind(client_token(token) if token is None else token)
+
+    def _bind(self, token: str | None) -> None:
+        self.token = token or None
+        channels = {name: with_token(ch, self.token) for name, ch in self._channels.items()}
+        self.encoder = encoder_pb2_grpc.EncoderServiceStub(channels["encoder"])
+        self.decoder = decoder_pb2_grpc.DecoderServiceStub(channels["decoder"])
+        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(channels["retrieval"])
+        self.recommender = recommender_pb2_grpc.RecommenderServiceStub(channels["recommender"])
+
+    def for_token(self, token: str | None) -> AtelierClient:
+        """A client over the same connections that sends `token` instead (the gateway passes each
+        caller's own token on). Closing it leaves the connections open."""
+        view = copy.copy(self)
+        view._owns_channels = False
+        view._bind(token)
+        return view
 
     def close(self) -> None:
+        if not self._owns_channels:
+            return
         for channel in self._channels.values():
             channel.close()
 
@@ -169,6 +192,21 @@ class AtelierClient:
     def encode(self, image: bytes) -> encoder_pb2.EncodeResponse:
         return self.encoder.Encode(encoder_pb2.EncodeRequest(image=image), timeout=self.timeout)
 
+    def list_generations(self) -> encoder_pb2.ListGenerationsResponse:
+        return self.encoder.ListGenerations(
+            encoder_pb2.ListGenerationsRequest(), timeout=self.timeout
+        )
+
+    def serve_generation(self, version: int) -> encoder_pb2.ServeGenerationResponse:
+        return self.encoder.ServeGeneration(
+            encoder_pb2.ServeGenerationRequest(model_version=version), timeout=self.timeout
+        )
+
+    def remove_generation(self, version: int) -> encoder_pb2.RemoveGenerationResponse:
+        return self.encoder.RemoveGeneration(
+            encoder_pb2.RemoveGenerationRequest(model_version=version), timeout=self.timeout
+        )
+
 
 def follow_job(
     encoder: encoder_pb2_grpc.EncoderServiceStub,
@@ -183,7 +221,11 @@ def follow_job(
 
     from tqdm import tqdm
 
-    finished = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_CANCELLED)
+    finished = (
+        common_pb2.JOB_STATE_SUCCEEDED,
+        common_pb2.JOB_STATE_FAILED,
+        common_pb2.JOB_STATE_CANCELLED,
+    )
     deadline = None if timeout is None else time.monotonic() + timeout
     with tqdm(total=job.total, unit="item", desc=description) as bar:
         while True:

@@ -1,6 +1,8 @@
 """Container health check: exit 0 only if the gRPC health service at ADDRESS answers SERVING.
 
 python -m services.common.healthcheck 127.0.0.1:50051
+
+Over TLS (and with a client certificate) when the TLS_* client variables say so.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.tls import make_channel
+
 
 def main(argv: list[str]) -> int:
     address = argv[1] if len(argv) > 1 else "127.0.0.1:50051"
     try:
-        with grpc.insecure_channel(address) as channel:
+        with make_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=3
             )

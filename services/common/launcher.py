@@ -1,6 +1,9 @@
 """Start the suite's processes locally, with the entry points and environment variables compose uses.
 
 Used by the demo, the integration tests and the benchmarks; every process is stopped by its pid.
+Authentication is on unless asked otherwise: the suite creates an admin token in its Redis and
+hands it to every process as ATELIER_TOKEN (services use it for their calls to each other), and
+`suite.channel(name)` opens a channel to a service that sends it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atelier.auth import Role, TokenStore
 from atelier.processes import free_port, start_redis, stop_pid
+from services.common.auth import with_token
+from services.common.client import Addresses, AtelierClient
+from services.common.tls import ClientTLS, make_channel
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,11 +62,14 @@ def start_process(
     return ManagedProcess(name, process, address, log_path)
 
 
-def wait_serving(managed: ManagedProcess, timeout: float = 120.0) -> None:
-    """Poll the standard gRPC health service until it says SERVING."""
+def wait_serving(
+    managed: ManagedProcess, timeout: float = 120.0, tls: ClientTLS | None = None
+) -> None:
+    """Poll the standard gRPC health service until it says SERVING (TLS as `tls` says, None:
+    from this process's environment)."""
     assert managed.address is not None
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(managed.address) as channel:
+    with make_channel(managed.address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if managed.process.poll() is not None:
@@ -102,6 +113,28 @@ class Suite:
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     stack: ExitStack = field(default_factory=ExitStack)
 
+    def client_tls(self) -> ClientTLS:
+        """How this suite's clients reach its services (TLS_* from the suite's environment)."""
+        return ClientTLS.from_env({**os.environ, **self.env})
+
+    @property
+    def token(self) -> str | None:
+        """The suite's admin token (None with authentication off)."""
+        return self.env.get("ATELIER_TOKEN") or None
+
+    def channel(self, name: str, token: str | None = None) -> grpc.Channel:
+        """A channel to service `name` sending `token` (default: the suite's admin token)."""
+        address = self.env[PORT_VARS[name][1]]
+        return with_token(make_channel(address, self.client_tls()), token or self.token)
+
+    def client(self, timeout: float = 10.0, token: str | None = None) -> AtelierClient:
+        """An AtelierClient for the suite's services, sending `token` (default: the admin one)."""
+        names = ("encoder", "decoder", "retrieval", "recommender")
+        addresses = Addresses(*(self.env[PORT_VARS[n][1]] for n in names))
+        return AtelierClient(
+            addresses, timeout=timeout, tls=self.client_tls(), token=token or self.token or ""
+        )
+
     def add(self, managed: ManagedProcess) -> ManagedProcess:
         self.processes[managed.name] = managed
         self.stack.callback(managed.stop)
@@ -126,13 +159,20 @@ class Suite:
         argv = [sys.executable, "-m", f"services.{name}"]
         managed = self.add(start_process(name, argv, self.env, self.log_dir, address))
         if wait:
-            wait_serving(managed, timeout)
+            wait_serving(managed, timeout, self.client_tls())
         return managed
 
     def start_worker(self, name: str, concurrency: int = 1) -> ManagedProcess:
         return self.add(
             start_process(name, celery_worker_argv(concurrency, name), self.env, self.log_dir)
         )
+
+
+def _revoke_quietly(tokens: TokenStore, name: str) -> None:
+    try:
+        tokens.revoke(name)
+    except redis.RedisError:
+        log.warning("could not revoke the suite's token %s (Redis gone)", name)
 
 
 @contextmanager
@@ -143,8 +183,12 @@ def local_suite(
     workers: int = 1,
     services: tuple[str, ...] = ("modelserver", "encoder"),
     extra_env: dict[str, str] | None = None,
+    auth: bool = True,
 ) -> Iterator[Suite]:
     """Redis (embedded unless redis_url is given), the model server, services and Celery workers.
+
+    auth=True: bearer tokens are checked, with an admin token made for this suite (revoked when it
+    stops); auth=False: ATELIER_AUTH=none, which the services accept on loopback only.
 
     Query services (decoder, retrieval, recommender) become SERVING only once a generation is
     served, so callers usually start them with `suite.start_service` after encoding.
@@ -162,6 +206,15 @@ def local_suite(
             suite.stack.callback(redis_server.stop)
             redis_url = redis_server.url
         suite.env["REDIS_URL"] = redis_url
+        if auth:
+            tokens = TokenStore.from_url(redis_url)
+            name = f"launcher-{os.getpid()}-{free_port()}"
+            suite.env["ATELIER_AUTH"] = "token"
+            suite.env["ATELIER_TOKEN"] = tokens.create(name, Role.ADMIN)
+            suite.stack.callback(_revoke_quietly, tokens, name)
+        else:
+            suite.env["ATELIER_AUTH"] = "none"
+            suite.env["ATELIER_TOKEN"] = ""
         suite.env.update(extra_env or {})
         suite.reserve_ports(tuple(PORT_VARS))
         for name in services:

@@ -13,7 +13,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from atelier.modelstore import DECODE_SIGNATURE, DECODER_NAME, ENCODE_SIGNATURE, ENCODER_NAME
-from services.common.runtime import MAX_MESSAGE_BYTES
+from services.common.tls import ClientTLS, make_channel
 
 ENCODE_OUTPUTS = ("mu", "sigma", "z")
 
@@ -48,16 +48,12 @@ class ModelShape:
 
 
 class ModelClient:
-    def __init__(self, address: str, timeout: float = 30.0):
+    """TLS as `tls` says (None: from the environment, as for every channel of the suite)."""
+
+    def __init__(self, address: str, timeout: float = 30.0, tls: ClientTLS | None = None):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.channel = make_channel(address, tls)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self._shapes: dict[tuple[bool, int], ModelShape] = {}
 

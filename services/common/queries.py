@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import faiss
 import grpc
@@ -14,11 +15,13 @@ import numpy as np
 from atelier import generation as generations
 from atelier.find import PartitionUnavailable, Query
 from atelier.generation import KMEANS, CategoryOf, Generation
-from atelier.latent import validate_vector
+from atelier.latent import NON_FINITE_CODE, finite_rows, validate_vector
 from atelier.search import query_space
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from services.common.auth import AuthSettings
 from services.common.generation_holder import GenerationHolder
+from services.common.redisconf import redis_url_from_env
 from services.common.runtime import RunningServer, env_float, env_int, env_str, grpc_server
 
 METHODS = {
@@ -116,6 +119,9 @@ def resolve(
             )
             code = exc.code() if exc.code() in passed_on else grpc.StatusCode.UNAVAILABLE
             raise QueryError(code, f"encoder: {exc.details()}") from None
+        codes = {name: np.asarray([getattr(reply.code, name)]) for name in ("mu", "sigma", "z")}
+        if not finite_rows(codes)[0]:
+            raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, NON_FINITE_CODE)
         mu = np.asarray(reply.code.mu, dtype=np.float64)
         vector = np.asarray(reply.code.z, dtype=np.float64) if space == "z" else mu
         return Query(vector, None, generation.predict_category(mu), "")
@@ -131,15 +137,24 @@ def category_message(category: CategoryOf) -> common_pb2.CategoryPrediction:
     )
 
 
+def image_url(item_id: str, stored_ref: str) -> str:
+    """The gateway's URL path for an item's image; empty when no image file is stored for it.
+    Server paths stay in the store: replies never show the server's file layout."""
+    if not stored_ref or stored_ref == "inline":
+        return ""
+    return f"/api/image/{quote(item_id, safe='')}"
+
+
 def item_message(generation: Generation, row: int) -> common_pb2.Item:
     meta = generation.metadata[row]
+    item_id = generation.codes.item_ids[row]
     return common_pb2.Item(
-        item_id=generation.codes.item_ids[row],
+        item_id=item_id,
         category=meta.get("sub_category", ""),
         article_type=meta.get("article_type", ""),
         colour=meta.get("colour", ""),
         name=meta.get("name", ""),
-        image_ref=meta.get("image_ref", ""),
+        image_ref=image_url(item_id, meta.get("image_ref", "")),
         master_category=meta.get("master_category", ""),
         sub_category=meta.get("sub_category", ""),
         gender=meta.get("gender", ""),
@@ -181,11 +196,12 @@ class QuerySettings:
     kmeans_k: int
     max_abs_latent: float
     faiss_threads: int
+    auth: AuthSettings
 
     @classmethod
     def read(cls, prefix: str, default_port: int):
         return cls(
-            redis_url=env_str("REDIS_URL"),
+            redis_url=redis_url_from_env(),
             encoder_addr=env_str("ENCODER_ADDR", "127.0.0.1:50051"),
             host=env_str(f"{prefix}_HOST", "127.0.0.1"),
             port=env_int(f"{prefix}_PORT", default_port),
@@ -194,6 +210,7 @@ class QuerySettings:
             # One thread per search: the server already runs requests in parallel, and for a
             # single query FAISS's threads cost more than they save (p99 13 ms -> 6 ms at 1M).
             faiss_threads=env_int("FAISS_THREADS", 1),
+            auth=AuthSettings.from_env(),
         )
 
 
@@ -232,6 +249,7 @@ def run_query_server(
         settings.host,
         settings.port,
         thread_initializer=limit_faiss_threads,
+        auth=settings.auth,
     ) as running:
         build = functools.partial(generations.build, store, k=settings.kmeans_k)
         servicer.holder = GenerationHolder(

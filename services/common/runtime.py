@@ -16,9 +16,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.auth import AuthSettings, server_interceptors
+from services.common.backpressure import ConcurrencyLimiter
+from services.common.tls import MAX_MESSAGE_BYTES, ServerTLS
+
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# Threads beyond the concurrency limit: health checks and refusals always find one free.
+SPARE_THREADS = 4
 
 
 def configure_logging(level: str | None = None) -> None:
@@ -63,6 +68,8 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    limiter: ConcurrencyLimiter
+    tls: ServerTLS
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -83,13 +90,34 @@ def grpc_server(
     workers: int = 8,
     grace_seconds: float = 5.0,
     thread_initializer: Callable[[], None] | None = None,
+    max_concurrent_rpcs: int | None = None,
+    tls: ServerTLS | None = None,
+    *,
+    auth: AuthSettings | None,
 ) -> Iterator[RunningServer]:
     """A started server with health (NOT_SERVING until the caller says so) and reflection.
 
-    Port 0 binds a free port; the bound one is on the result.
+    Port 0 binds a free port; the bound one is on the result. At most `max_concurrent_rpcs`
+    (default: env MAX_CONCURRENT_RPCS, else `workers`) RPCs run at once, beyond that they are
+    refused with a retry hint (services/common/backpressure.py). TLS or mutual TLS as `tls` says
+    (default: from the environment, services/common/tls.py). `auth` is how callers are checked
+    (services/common/auth.py); only the internal model server passes None (no check at all).
     """
+    if auth is not None:
+        auth.check_bind(host, ", ".join(service_names))
+    limit = max_concurrent_rpcs or env_int("MAX_CONCURRENT_RPCS", workers)
+    if limit < 1:
+        raise SystemExit(f"MAX_CONCURRENT_RPCS must be at least 1, got {limit}")
+    tls = ServerTLS.from_env() if tls is None else tls
+    limiter = ConcurrencyLimiter(limit)
+    # The limiter comes first: an RPC over the limit is refused before any other work is done
+    # (the token check included); authentication comes next.
+    interceptors: list[grpc.ServerInterceptor] = [limiter, *server_interceptors(auth)]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, initializer=thread_initializer),
+        futures.ThreadPoolExecutor(
+            max_workers=limit + SPARE_THREADS, initializer=thread_initializer
+        ),
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -101,13 +129,24 @@ def grpc_server(
     reflection.enable_server_reflection(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls.enabled:
+        bound = server.add_secure_port(address, tls.credentials())
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise SystemExit(f"could not bind {host}:{port}")
     server.start()
-    running = RunningServer(server, bound, health_servicer, service_names)
+    running = RunningServer(server, bound, health_servicer, service_names, limiter, tls)
     running.set_serving(False)
-    log.info("listening on %s:%d (%s)", host, bound, ", ".join(service_names))
+    log.info(
+        "listening on %s:%d (%s; %s; at most %d RPCs at once)",
+        host,
+        bound,
+        ", ".join(service_names),
+        tls.describe(),
+        limit,
+    )
     try:
         yield running
     finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.common.auth import AuthSettings
+from services.common.redisconf import redis_url_from_env
 from services.common.runtime import env_float, env_int, env_str
 
 
@@ -17,11 +19,12 @@ class Settings:
     max_batch: int
     max_steps: int
     model_timeout: float
+    auth: AuthSettings
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            redis_url=env_str("REDIS_URL"),
+            redis_url=redis_url_from_env(),
             model_server_addr=env_str("MODEL_SERVER_ADDR", "127.0.0.1:8500"),
             host=env_str("DECODER_HOST", "127.0.0.1"),
             port=env_int("DECODER_PORT", 50052),
@@ -29,4 +32,5 @@ class Settings:
             max_batch=env_int("MAX_DECODE_BATCH", 64),
             max_steps=env_int("MAX_TRAVERSE_STEPS", 32),
             model_timeout=env_float("MODEL_TIMEOUT_SECONDS", 30.0),
+            auth=AuthSettings.from_env(),
         )

@@ -166,6 +166,7 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
         (SERVICE_NAME,),
         settings.host,
         settings.port,
+        auth=settings.auth,
     ) as running:
         model.shape()  # the model server answers
         build = functools.partial(generations.build, store, searchable=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,6 +11,8 @@ import grpc
 
 from atelier import jobs
 from atelier.catalogue import ImageError, decode_image
+from atelier.confinement import PathNotAllowed
+from atelier.latent import NON_FINITE_CODE, finite_rows
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from services.common.model_client import ModelClient, ModelShape, status_of
@@ -22,6 +25,7 @@ JOB_STATES = {
     jobs.JobState.QUEUED: common_pb2.JOB_STATE_QUEUED,
     jobs.JobState.RUNNING: common_pb2.JOB_STATE_RUNNING,
     jobs.JobState.SUCCEEDED: common_pb2.JOB_STATE_SUCCEEDED,
+    jobs.JobState.FAILED: common_pb2.JOB_STATE_FAILED,
     jobs.JobState.CANCELLED: common_pb2.JOB_STATE_CANCELLED,
 }
 
@@ -41,6 +45,7 @@ def job_message(progress: jobs.JobProgress) -> common_pb2.Job:
         ],
         created_unix=progress.created,
         finished_unix=progress.finished,
+        reason=progress.reason,
     )
 
 
@@ -63,7 +68,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         self.settings = settings
         self.store = store
         self.model = model
-        self.enqueue = enqueue
+        self.enqueue = enqueue  # (job id, chunk index)
 
     def _resolve(self, requested: int, context) -> ModelShape:
         version = requested or self.store.served_version() or None
@@ -93,30 +98,55 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             )
         except grpc.RpcError as exc:
             context.abort(*status_of(exc))
+        if not finite_rows(codes)[0]:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, NON_FINITE_CODE)
         code = common_pb2.LatentCode(mu=codes["mu"][0], sigma=codes["sigma"][0], z=codes["z"][0])
         return encoder_pb2.EncodeResponse(code=code, model_version=version)
 
+    def _entries(self, request, context) -> list[dict]:
+        """The request's job entries, confined to the catalogue roots and within the limits."""
+        policy = self.settings.job_policy
+        source = request.WhichOneof("source")
+        try:
+            if source == "csv_path":
+                return jobs.entries_from_csv(
+                    self.settings.catalogue_roots,
+                    request.csv_path,
+                    request.image_dir or None,
+                    policy.max_job_entries,
+                )
+            if source == "entries":
+                entries = [
+                    jobs.normalise_entry(
+                        e.item.item_id, item_metadata(e.item), e.item.image_ref, e.image
+                    )
+                    for e in request.entries.entries
+                ]
+                jobs.validate_entries(entries, policy)
+                return entries
+        except PathNotAllowed as exc:
+            code = (
+                grpc.StatusCode.PERMISSION_DENIED
+                if exc.outside
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            context.abort(code, f"catalogue path refused: {exc}")
+        except FileNotFoundError:
+            context.abort(grpc.StatusCode.NOT_FOUND, "catalogue CSV not found")
+        except jobs.LimitExceeded as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad catalogue: {exc}")
+        except OSError as exc:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"catalogue CSV unreadable: {exc.strerror or type(exc).__name__}",
+            )
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give csv_path or entries")
+
     def SubmitCatalogue(self, request, context):
         shape = self._resolve(request.model_version, context)
-        source = request.WhichOneof("source")
-        if source == "csv_path":
-            try:
-                entries = jobs.entries_from_csv(request.csv_path, request.image_dir or None)
-            except FileNotFoundError:
-                context.abort(
-                    grpc.StatusCode.NOT_FOUND, f"catalogue CSV not found: {request.csv_path}"
-                )
-            except (ValueError, KeyError) as exc:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad catalogue CSV: {exc}")
-        elif source == "entries":
-            entries = [
-                jobs.normalise_entry(
-                    e.item.item_id, item_metadata(e.item), e.item.image_ref, e.image
-                )
-                for e in request.entries.entries
-            ]
-        else:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give csv_path or entries")
+        entries = self._entries(request, context)
         size = (shape.image_height, shape.image_width)
         try:
             jobs.ensure_model_registered(
@@ -129,18 +159,14 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             )
         except grpc.RpcError as exc:
             context.abort(*status_of(exc))
-
-        def enqueue(job_id: str, item_ids: list[str]) -> None:
-            self.enqueue(job_id, item_ids, *size)
-
         try:
-            job_id = jobs.submit_or_fail(
-                self.store, shape.version, entries, enqueue, self.settings.chunk_size
+            job_id = jobs.submit(
+                self.store, shape.version, entries, size, self.enqueue, self.settings.job_policy
             )
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except jobs.QueueUnavailable as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"the queue refused the job: {exc}")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"job {exc.job_id}: {exc}")
         log.info("job %s: %d items for model version %d", job_id, len(entries), shape.version)
         return job_message(jobs.progress(self.store, job_id))
 
@@ -149,35 +175,115 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             self.store, request.job_id, max(0, min(request.max_failures, 10_000))
         )
         if progress is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown job {request.job_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, _unknown(request.job_id))
+        if progress.state not in jobs.FINISHED and progress.queued_chunks < progress.chunks:
+            # A job whose encoder died mid-queueing, or whose workers could not top it up.
+            try:
+                jobs.pump(
+                    self.store,
+                    request.job_id,
+                    self.enqueue,
+                    self.settings.max_queued_chunks,
+                    wait=0.0,
+                )
+            except Exception as exc:
+                log.warning("job %s: could not queue its next chunks: %s", request.job_id, exc)
         return job_message(progress)
 
     def CancelJob(self, request, context):
         if not self.store.job_exists(request.job_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown job {request.job_id!r}")
+            context.abort(grpc.StatusCode.NOT_FOUND, _unknown(request.job_id))
         self.store.cancel_job(request.job_id)
         return job_message(jobs.progress(self.store, request.job_id))
+
+    def ListGenerations(self, request, context):
+        served = self.store.served_version()
+        return encoder_pb2.ListGenerationsResponse(
+            generations=[
+                encoder_pb2.GenerationInfo(
+                    model_version=version,
+                    items=self.store.item_count(version),
+                    served=version == served,
+                )
+                for version in self.store.model_versions()
+            ],
+            served_version=served or 0,
+        )
+
+    def ServeGeneration(self, request, context):
+        previous = self.store.served_version()
+        try:
+            self.store.serve(request.model_version)
+        except KeyError:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model version {request.model_version} is not registered",
+            )
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("now serving generation %d (was %s)", request.model_version, previous)
+        return encoder_pb2.ServeGenerationResponse(
+            model_version=request.model_version, previous_version=previous or 0
+        )
+
+    def RemoveGeneration(self, request, context):
+        if self.store.model(request.model_version) is None:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model version {request.model_version} is not registered",
+            )
+        try:
+            removed = self.store.remove_generation(request.model_version)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("removed generation %d (%d keys)", request.model_version, removed)
+        return encoder_pb2.RemoveGenerationResponse(removed_keys=removed)
+
+
+def _unknown(job_id: str) -> str:
+    shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+    return f"unknown job {shown!r} (job ids are 32 lowercase hex characters)"
+
+
+def resume_jobs(settings: Settings, store: CodeStore, enqueue, stop: threading.Event) -> None:
+    """Carry on the jobs an encoder left half-queued: at startup, then every interval."""
+    while True:
+        try:
+            resumed = jobs.resume(store, enqueue, settings.max_queued_chunks)
+            if resumed:
+                log.info("resumed queueing: %s", resumed)
+        except Exception:
+            log.exception(
+                "the resume scan failed; next try in %.0f s", settings.job_resume_interval
+            )
+        if stop.wait(settings.job_resume_interval):
+            return
 
 
 @contextmanager
 def run_server(settings: Settings) -> Iterator[RunningServer]:
-    from services.encoder.tasks import QUEUE, encode_chunk
+    from services.encoder.tasks import enqueue
 
     store = CodeStore.from_url(settings.redis_url)
     model = ModelClient(settings.model_server_addr, settings.model_timeout)
-
-    def enqueue(job_id: str, item_ids: list[str], height: int, width: int) -> None:
-        encode_chunk.apply_async(args=(job_id, item_ids, height, width), queue=QUEUE)
-
     servicer = EncoderServicer(settings, store, model, enqueue)
+    stop = threading.Event()
     with grpc_server(
         lambda server: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, server),
         (SERVICE_NAME,),
         settings.host,
         settings.port,
+        auth=settings.auth,
     ) as running:
         store.redis.ping()
         model.shape()  # the model server answers: now we are ready
+        scan = threading.Thread(
+            target=resume_jobs, args=(settings, store, enqueue, stop), name="resume", daemon=True
+        )
+        scan.start()
         running.set_serving(True)
-        yield running
+        try:
+            yield running
+        finally:
+            stop.set()
     model.close()

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 import grpc
 import redis
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from atelier import jobs
 from atelier.store import CodeStore
+from services.common.redisconf import celery_broker
 from services.encoder.config import Settings
 
 if TYPE_CHECKING:
@@ -29,10 +31,14 @@ class TransientModelError(Exception):
 
 
 def make_app(settings: Settings) -> Celery:
-    app = Celery("atelier", broker=settings.redis_url)
+    broker, broker_ssl = celery_broker(settings.redis_url)
+    app = Celery("atelier", broker=broker)
     app.conf.update(
+        broker_use_ssl=broker_ssl,  # None unless rediss://
         task_acks_late=True,  # a chunk is acknowledged only after its codes are written
-        task_reject_on_worker_lost=True,
+        task_reject_on_worker_lost=True,  # redelivered; jobs.poisoned caps how often
+        task_time_limit=settings.task_time_limit,  # the worker process is killed past this
+        task_soft_time_limit=settings.task_soft_time_limit,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=QUEUE,
@@ -50,15 +56,30 @@ app = make_app(settings)
 
 
 @functools.cache
-def _worker_context() -> tuple[CodeStore, ModelClient]:
+def _store() -> CodeStore:
+    # One Redis pool per process, made on first use (after fork).
+    return CodeStore.from_url(settings.redis_url)
+
+
+@functools.cache
+def _model() -> ModelClient:
     # Imported here: the model client pulls in TensorFlow, which `celery inspect ping` (the
-    # container health check) and the encoder service's enqueueing never need.
+    # container health check), the worker's parent process and enqueueing never need.
     from services.common.model_client import ModelClient
 
-    # One Redis pool and one gRPC channel per worker process, made on first use (after fork).
-    return CodeStore.from_url(settings.redis_url), ModelClient(
-        settings.model_server_addr, settings.model_timeout
-    )
+    return ModelClient(settings.model_server_addr, settings.model_timeout)
+
+
+def enqueue(job_id: str, chunk_index: int) -> None:
+    encode_chunk.apply_async(args=(job_id, chunk_index), queue=QUEUE)
+
+
+def _top_up(store: CodeStore, job_id: str) -> None:
+    """Queue the job's next chunks now that one has finished; the encoder's scan retries failures."""
+    try:
+        jobs.pump(store, job_id, enqueue, settings.max_queued_chunks)
+    except Exception:
+        log.exception("job %s: could not queue the next chunks (the encoder retries)", job_id)
 
 
 def _encode(model: ModelClient, images, version: int):
@@ -77,21 +98,31 @@ def _encode(model: ModelClient, images, version: int):
     return codes
 
 
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeLimitExceeded):
+        return f"the chunk ran past the task time limit ({settings.task_time_limit} s)"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return f"the chunk ran past the task time limit ({settings.task_soft_time_limit} s)"
+    return f"gave up after retries: {exc}"
+
+
 class EncodeChunkTask(app.Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        # Retries are exhausted: the items are reported, never silently dropped from the job.
-        job_id, item_ids = args[0], args[1]
-        store, _ = _worker_context()
+        # Retries exhausted, or a time limit: the items are reported, never silently dropped.
+        # Runs in the worker's parent process for a hard time limit (the child is gone).
+        job_id, chunk_index = args[0], args[1]
+        store = _store()
         try:
-            jobs.fail_chunk(store, job_id, item_ids, f"gave up after retries: {exc}")
+            jobs.fail_chunk(store, job_id, chunk_index, _failure_reason(exc))
         except redis.RedisError:
-            log.exception(
-                "job %s: could not record %d failed items (Redis down)", job_id, len(item_ids)
-            )
+            log.exception("job %s: could not record chunk %d as failed", job_id, chunk_index)
+            return
+        _top_up(store, job_id)
 
 
 @app.task(
     base=EncodeChunkTask,
+    bind=True,
     name="atelier.encode_chunk",
     acks_late=True,
     autoretry_for=(TransientModelError, redis.ConnectionError, redis.TimeoutError),
@@ -101,9 +132,19 @@ class EncodeChunkTask(app.Task):
     max_retries=10,
     ignore_result=True,
 )
-def encode_chunk(job_id: str, item_ids: list[str], image_height: int, image_width: int) -> None:
-    store, model = _worker_context()
+def encode_chunk(self, job_id: str, chunk_index: int) -> None:
+    store = _store()
+    if jobs.poisoned(
+        store, job_id, chunk_index, self.request.retries, settings.max_chunk_deliveries
+    ):
+        _top_up(store, job_id)
+        return
     written, failed = jobs.encode_chunk(
-        store, functools.partial(_encode, model), job_id, item_ids, (image_height, image_width)
+        store,
+        functools.partial(_encode, _model()),
+        job_id,
+        chunk_index,
+        settings.catalogue_roots,
     )
-    log.info("job %s: %d encoded, %d failed", job_id, written, failed)
+    log.info("job %s chunk %d: %d encoded, %d failed", job_id, chunk_index, written, failed)
+    _top_up(store, job_id)

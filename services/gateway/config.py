@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.auth import AuthSettings
+from services.common.redisconf import redis_url_from_env
 from services.common.runtime import env_float, env_int, env_str
+
+
+def _optional_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -20,11 +28,14 @@ class Settings:
     timeout: float
     max_upload_bytes: int
     image_root: Path
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    auth: AuthSettings
 
     @classmethod
     def from_env(cls) -> Settings:
         return cls(
-            redis_url=env_str("REDIS_URL"),
+            redis_url=redis_url_from_env(),
             encoder_addr=env_str("ENCODER_ADDR", "127.0.0.1:50051"),
             decoder_addr=env_str("DECODER_ADDR", "127.0.0.1:50052"),
             retrieval_addr=env_str("RETRIEVAL_ADDR", "127.0.0.1:50053"),
@@ -35,4 +46,8 @@ class Settings:
             max_upload_bytes=env_int("GATEWAY_MAX_UPLOAD_BYTES", 16 * 1024 * 1024),
             # Catalogue images are served only from below this folder.
             image_root=Path(env_str("GATEWAY_IMAGE_ROOT", "data")).resolve(),
+            # HTTPS when both are set (services/common/tls.py: https_context).
+            tls_cert_file=_optional_path("GATEWAY_TLS_CERT_FILE"),
+            tls_key_file=_optional_path("GATEWAY_TLS_KEY_FILE"),
+            auth=AuthSettings.from_env(),
         )

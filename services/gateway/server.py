@@ -2,12 +2,18 @@
 
 It uses the standard library's ThreadingHTTPServer: the gateway only translates a handful of
 JSON calls to gRPC, so a web framework would add dependencies without removing code.
+
+Every /api/ route checks the caller's `Authorization: Bearer <token>` against the same token store
+and role table as the gRPC services (401 without a valid token, 403 for a role too low), then
+passes that token on to the services it calls. The page itself and /healthz stay open.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +26,11 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atelier.auth import Role, TokenStore
 from atelier.store import CodeStore
+from services.common.auth import METHOD_ROLES, Denied, TokenCache, authorize, bearer_token
 from services.common.client import METHODS, Addresses, AtelierClient, make_query
+from services.common.tls import https_context, make_channel
 from services.gateway.config import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +40,49 @@ GRPC_TO_HTTP = {
     grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
     grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
     grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.SERVICE_UNAVAILABLE,  # overloaded: retry later
+    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
+    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
+    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.CONFLICT,
 }
+# Each API route needs the role of the RPC it makes (the image route reads Redis: a reader's).
+ROUTE_ROLES: dict[tuple[str, str], Role] = {
+    ("GET", "/api/categories"): METHOD_ROLES["/atelier.v1.DecoderService/ListCategories"],
+    ("GET", "/api/start"): METHOD_ROLES["/atelier.v1.DecoderService/RandomStart"],
+    ("GET", "/api/image/"): Role.READER,
+    ("GET", "/api/generations"): METHOD_ROLES["/atelier.v1.EncoderService/ListGenerations"],
+    ("POST", "/api/decode"): METHOD_ROLES["/atelier.v1.DecoderService/Decode"],
+    ("POST", "/api/recommend"): METHOD_ROLES["/atelier.v1.RecommenderService/Recommend"],
+    ("POST", "/api/encode"): METHOD_ROLES["/atelier.v1.EncoderService/Encode"],
+    ("POST", "/api/generations/serve"): METHOD_ROLES["/atelier.v1.EncoderService/ServeGeneration"],
+}
+AUTH_STATUS = {
+    grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
+    grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
+    grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+
+
+def route_role(method: str, path: str) -> Role | None:
+    """The role a route needs; None for an unknown /api/ route (nobody: fail closed)."""
+    if method == "GET" and path.startswith("/api/image/"):
+        return ROUTE_ROLES[("GET", "/api/image/")]
+    return ROUTE_ROLES.get((method, path))
+
+
+IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def image_type(data: bytes) -> str | None:
+    """The content type of image bytes by their magic number; None for anything else."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for magic, kind in IMAGE_MAGIC if data.startswith(magic)), None)
 
 
 def _item_json(scored) -> dict:
@@ -44,7 +95,7 @@ def _item_json(scored) -> dict:
         "name": item.name,
         "score": scored.score,
         "partition": scored.partition,
-        "image_url": f"/api/image/{item.item_id}",
+        "image_url": item.image_ref,
     }
 
 
@@ -70,8 +121,26 @@ class Gateway:
                 settings.recommender_addr,
             ),
             timeout=settings.timeout,
+            token="",  # each request passes its caller's token on (as_caller)
         )
         self.store = CodeStore.from_url(settings.redis_url)
+        self.tokens = (
+            TokenCache(TokenStore.from_url(settings.redis_url), settings.auth.cache_seconds)
+            if settings.auth.enabled
+            else None
+        )
+
+    def authorize(self, method: str, path: str, token: str | None) -> None:
+        """Raises Denied unless `token` may call this route (always passes with auth off)."""
+        if self.tokens is None:
+            return
+        authorize(self.tokens.lookup, token, route_role(method, path), f"{method} {path}")
+
+    def as_caller(self, token: str | None) -> Gateway:
+        """This gateway, calling the services with the caller's token."""
+        view = copy.copy(self)
+        view.client = self.client.for_token(token)
+        return view
 
     def categories(self) -> dict:
         reply = self.client.list_categories()
@@ -93,7 +162,7 @@ class Gateway:
         item = reply.item
         return {
             "item": {"item_id": item.item_id, "sub_category": item.sub_category, "gender": item.gender,
-                     "name": item.name, "image_url": f"/api/image/{item.item_id}"},
+                     "name": item.name, "image_url": item.image_ref},
             "category": _category_json(reply.category),
             "code": list(reply.code.mu),
             "sliders": {
@@ -133,7 +202,26 @@ class Gateway:
         reply = self.client.encode(image)
         return {"code": list(reply.code.mu), "model_version": reply.model_version}
 
-    def image(self, item_id: str) -> bytes | None:
+    def generations(self) -> dict:
+        reply = self.client.list_generations()
+        return {
+            "generations": [
+                {"model_version": g.model_version, "items": g.items, "served": g.served}
+                for g in reply.generations
+            ],
+            "served_version": reply.served_version,
+        }
+
+    def serve_generation(self, version: int) -> dict:
+        reply = self.client.serve_generation(version)
+        return {"model_version": reply.model_version, "previous_version": reply.previous_version}
+
+    def image(self, item_id: str) -> tuple[bytes, str] | None:
+        """An item's image file and its content type, looked up by id; None when there is none.
+
+        The path stays inside the gateway: it comes from the store, and only an image (by its
+        magic bytes) under the image root is served.
+        """
         version = self.store.served_version()
         record = self.store.item(version, item_id) if version is not None else None
         if record is None or not record.metadata.get("image_ref"):
@@ -142,7 +230,9 @@ class Gateway:
         # image_ref comes from whoever submitted the catalogue: never read outside the image root.
         if not path.is_relative_to(self.settings.image_root) or not path.is_file():
             return None
-        return path.read_bytes()
+        data = path.read_bytes()
+        content_type = image_type(data)
+        return (data, content_type) if content_type else None
 
     def healthy(self) -> bool:
         for address in (
@@ -151,7 +241,7 @@ class Gateway:
             self.settings.recommender_addr,
         ):
             try:
-                with grpc.insecure_channel(address) as channel:
+                with make_channel(address) as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(), timeout=2
                     )
@@ -169,9 +259,11 @@ def make_handler(gateway: Gateway):
         def log_message(self, format, *args):
             log.debug("%s " + format, self.address_string(), *args)
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
+        def _send(self, status: int, content_type: str, body: bytes, nosniff: bool = False) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if nosniff:
+                self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
@@ -202,12 +294,31 @@ def make_handler(gateway: Gateway):
             except redis.RedisError as exc:
                 self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"redis: {exc}"})
 
-        def _image(self, item_id: str) -> None:
-            data = gateway.image(item_id)
-            if data is None:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no image for item {item_id!r}"})
+        def _caller(self, method: str, path: str) -> Gateway | None:
+            """The gateway acting for this request's caller, or None once refused (401/403)."""
+            token = bearer_token(list(self.headers.items()))
+            try:
+                gateway.authorize(method, path, token)
+            except Denied as denied:
+                status = AUTH_STATUS.get(denied.code, HTTPStatus.FORBIDDEN)
+                body = json.dumps({"error": denied.message, "code": denied.code.name}).encode()
+                self.send_response(status)
+                if status == HTTPStatus.UNAUTHORIZED:
+                    self.send_header("WWW-Authenticate", 'Bearer realm="atelier"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+                return None
+            return gateway.as_caller(token)
+
+        def _image(self, api: Gateway, item_id: str) -> None:
+            found = api.image(item_id)
+            if found is None:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no image for item {item_id[:100]!r}"})
             else:
-                self._send(HTTPStatus.OK, "image/jpeg", data)
+                self._send(HTTPStatus.OK, found[1], found[0], nosniff=True)
 
         def do_GET(self):
             path, _, query = self.path.partition("?")
@@ -216,36 +327,53 @@ def make_handler(gateway: Gateway):
                 self._send(
                     HTTPStatus.OK, "text/html; charset=utf-8", (STATIC / "index.html").read_bytes()
                 )
-            elif path == "/healthz":
+                return
+            if path == "/healthz":
                 ok = gateway.healthy()
                 self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, {"serving": ok})
-            elif path == "/api/categories":
-                self._guard(lambda: self._json(HTTPStatus.OK, gateway.categories()))
+                return
+            if not path.startswith("/api/"):
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
+                return
+            api = self._caller("GET", path)
+            if api is None:
+                return
+            if path == "/api/categories":
+                self._guard(lambda: self._json(HTTPStatus.OK, api.categories()))
             elif path == "/api/start":
                 self._guard(
-                    lambda: self._json(HTTPStatus.OK, gateway.start(params.get("category", "")))
+                    lambda: self._json(HTTPStatus.OK, api.start(params.get("category", "")))
                 )
+            elif path == "/api/generations":
+                self._guard(lambda: self._json(HTTPStatus.OK, api.generations()))
             elif path.startswith("/api/image/"):
-                self._guard(lambda: self._image(unquote(path.rsplit("/", 1)[1])))
+                self._guard(lambda: self._image(api, unquote(path.rsplit("/", 1)[1])))
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
 
         def do_POST(self):
             path = self.path.partition("?")[0]
+            api = self._caller("POST", path) if path.startswith("/api/") else gateway
+            if api is None:
+                self.close_connection = True  # the unread body must not be parsed as a request
+                return
 
             def handle():
                 body = self._body()
                 if path == "/api/encode":
-                    self._json(HTTPStatus.OK, gateway.encode(body))
+                    self._json(HTTPStatus.OK, api.encode(body))
                     return
                 request = json.loads(body or b"{}")
+                if path == "/api/generations/serve":
+                    self._json(HTTPStatus.OK, api.serve_generation(int(request["model_version"])))
+                    return
                 code = [float(v) for v in request.get("code", [])]
                 if path == "/api/decode":
-                    self._send(HTTPStatus.OK, "image/png", gateway.decode(code))
+                    self._send(HTTPStatus.OK, "image/png", api.decode(code))
                 elif path == "/api/recommend":
                     self._json(
                         HTTPStatus.OK,
-                        gateway.recommend(
+                        api.recommend(
                             code,
                             request.get("method", "fixed_eps"),
                             int(request.get("k", 8)),
@@ -261,14 +389,49 @@ def make_handler(gateway: Gateway):
     return Handler
 
 
+class HTTPSServer(ThreadingHTTPServer):
+    """HTTPS: each connection's TLS handshake runs in its own thread, under a timeout, so a
+    client that connects and never handshakes holds up no one else (wrapping the listening
+    socket would shake hands inside accept())."""
+
+    handshake_timeout = 10.0
+
+    def __init__(self, address, handler, context: ssl.SSLContext):
+        self.context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request, client_address):
+        request.settimeout(self.handshake_timeout)
+        try:
+            secure = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        try:
+            secure.settimeout(None)
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
+
+
 @contextmanager
 def run_server(settings: Settings) -> Iterator[ThreadingHTTPServer]:
+    settings.auth.check_bind(settings.host, "the gateway")
     gateway = Gateway(settings)
-    server = ThreadingHTTPServer((settings.host, settings.port), make_handler(gateway))
+    handler = make_handler(gateway)
+    address = (settings.host, settings.port)
+    if settings.tls_cert_file and settings.tls_key_file:
+        context = https_context(settings.tls_cert_file, settings.tls_key_file)
+        server: ThreadingHTTPServer = HTTPSServer(address, handler, context)
+    elif settings.tls_cert_file or settings.tls_key_file:
+        raise SystemExit("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE must be set together")
+    else:
+        server = ThreadingHTTPServer(address, handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="gateway", daemon=True)
     thread.start()
-    log.info("design studio on http://%s:%d/", settings.host, server.server_address[1])
+    scheme = "https" if isinstance(server, HTTPSServer) else "http"
+    log.info("design studio on %s://%s:%d/", scheme, settings.host, server.server_address[1])
     try:
         yield server
     finally:

@@ -100,7 +100,12 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
 
     with grpc_server(
-        register, (SERVICE_NAME,), settings.host, settings.port, settings.workers
+        register,
+        (SERVICE_NAME,),
+        settings.host,
+        settings.port,
+        settings.workers,
+        auth=None,  # internal: only the encoder, workers and decoder call it, with no token
     ) as running:
         replayed = registry.warm_up()
         log.info(

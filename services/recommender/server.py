@@ -6,14 +6,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import grpc
-
 from atelier.generation import KMEANS, MASTER, SUB
 from atelier.recommend import complete_the_look
 from atelier.search import query_space
 from atelier.v1 import encoder_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 from services.common import queries
+from services.common.auth import with_token
 from services.common.runtime import RunningServer
+from services.common.tls import make_channel
 from services.recommender.config import Settings
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class RecommenderServicer(
 
 @contextmanager
 def run_server(settings: Settings) -> Iterator[RunningServer]:
-    with grpc.insecure_channel(settings.encoder_addr) as channel:
+    # Queries by photo call the encoder with this service's own token.
+    with with_token(make_channel(settings.encoder_addr), settings.auth.outgoing_token()) as channel:
         servicer = RecommenderServicer(
             encoder_pb2_grpc.EncoderServiceStub(channel), settings.max_abs_latent
         )

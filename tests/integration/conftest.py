@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from atelier.processes import start_redis
 from atelier.store import CodeStore
 from atelier.vae import Autoencoder, ModelConfig
 from services.common.launcher import local_suite
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +45,11 @@ def store(redis_server) -> CodeStore:
 @pytest.fixture(scope="module")
 def encoding_suite(tmp_path_factory, two_version_models):
     work = tmp_path_factory.mktemp("suite")
-    env = {"QUEUE_VISIBILITY_TIMEOUT_SECONDS": "5", "ENCODE_CHUNK_SIZE": "32"}
+    env = {
+        "QUEUE_VISIBILITY_TIMEOUT_SECONDS": "5",
+        "ENCODE_CHUNK_SIZE": "32",
+        # The tests write catalogues under pytest's temporary folder and read the fixtures.
+        "CATALOGUE_ROOTS": os.pathsep.join([str(tmp_path_factory.getbasetemp()), str(FIXTURES)]),
+    }
     with local_suite(work, two_version_models, workers=2, extra_env=env) as suite:
         yield suite

@@ -22,11 +22,22 @@ from atelier.modelstore import model_versions
 from atelier.processes import free_port, start_redis
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from services.common.auth import with_token
 from services.common.launcher import ManagedProcess, start_process, wait_serving
+from services.common.tls import make_channel
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("modelserver", "encoder", "worker", "decoder", "retrieval", "recommender", "gateway")
+SERVICES = (
+    "init-secrets",
+    "modelserver",
+    "encoder",
+    "worker",
+    "decoder",
+    "retrieval",
+    "recommender",
+    "gateway",
+)
 GRPC_PORTS = {
     "modelserver": 8500,
     "encoder": 50051,
@@ -34,6 +45,7 @@ GRPC_PORTS = {
     "retrieval": 50053,
     "recommender": 50054,
 }
+REDIS_PASSWORD = "compose-test-secret"
 
 
 def _substitute(text: str) -> str:
@@ -77,12 +89,22 @@ class RecordingEnviron(dict):
         return super().get(key, default)
 
 
-def test_every_compose_variable_is_read_by_its_service(monkeypatch):
+def _secrets(directory: Path) -> dict[str, str]:
+    """What compose's init-secrets generates, in a local folder: container path -> local path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "redis-password").write_text(REDIS_PASSWORD)
+    return {"/secrets": str(directory)}
+
+
+def test_every_compose_variable_is_read_by_its_service(monkeypatch, tmp_path):
     import importlib
 
-    compose = _compose()
+    compose, secrets = _compose(), _secrets(tmp_path / "secrets")
     for name in ("encoder", "decoder", "retrieval", "recommender", "gateway"):
         environment = {k: str(v) for k, v in compose[name]["environment"].items()}
+        for key, value in environment.items():
+            for container, local in secrets.items():
+                environment[key] = value.replace(container, local)
         recording = RecordingEnviron(environment)
         monkeypatch.setattr(os, "environ", recording)
         settings = importlib.import_module(f"services.{name}.config").Settings.from_env()
@@ -102,23 +124,51 @@ def test_every_compose_variable_is_read_by_its_service(monkeypatch):
 
 def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv):
     compose, targets = _compose(), _dockerfile_targets()
-    redis_server = start_redis(tmp_path / "redis")
+    # Redis asks for the password compose generates, as compose's redis does.
+    redis_server = start_redis(tmp_path / "redis", password=REDIS_PASSWORD)
     ports = {name: free_port() for name in (*GRPC_PORTS, "gateway")}
+    secrets = tmp_path / "secrets"
     hosts = {
         "redis:6379": f"127.0.0.1:{redis_server.port}",
         **{f"{n}:{p}": f"127.0.0.1:{ports[n]}" for n, p in GRPC_PORTS.items()},
+        **_secrets(secrets),  # the secrets volume
     }
     started: list[ManagedProcess] = []
 
-    def launch(name: str) -> ManagedProcess:
-        target = compose[name]["build"]["target"]
+    def compose_env(name: str, image_env: dict[str, str]) -> dict[str, str]:
         env = {
-            **targets[target]["env"],
+            **image_env,
             **{k: str(v) for k, v in (compose[name].get("environment") or {}).items()},
         }
         for key, value in list(env.items()):
             for container, local in hosts.items():
                 value = value.replace(container, local)
+            if value == "/catalogue":  # the catalogue volume: the fixtures folder here
+                value = str(tiny_csv.parent.parent)
+            env[key] = value
+        return env
+
+    def one_shot(name: str) -> tuple[list[str], dict[str, str]]:
+        """A one-shot service's command, as argv for this Python, and its environment, with the
+        volumes mapped."""
+        mounts = {
+            "/catalogue/sample-catalogue/styles.csv": str(tiny_csv),
+            "/models": str(models_dir),
+        }
+        command = []
+        for arg in compose[name]["command"]:
+            arg = mounts.get(arg, arg)
+            for container, local in hosts.items():
+                arg = arg.replace(container, local)
+            command.append(arg)
+        assert command[0] == "atelier"
+        argv = [sys.executable, "-m", "services.cli", *command[1:]]
+        return argv, {**os.environ, **compose_env(name, {})}
+
+    def launch(name: str) -> ManagedProcess:
+        target = compose[name]["build"]["target"]
+        env = compose_env(name, targets[target]["env"])
+        for key, value in list(env.items()):
             if key.endswith("_HOST"):
                 value = "127.0.0.1"  # tests bind loopback only
             env[key] = value
@@ -137,28 +187,32 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
         return managed
 
     try:
+        # init-secrets, as compose runs it: the suite's tokens as 0400 files; a re-run keeps them.
+        # (The Redis password is already in the folder, as Redis here started first: kept.)
+        argv, env = one_shot("init-secrets")
+        made = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert "redis-password: kept" in made.stdout, made.stdout
+        assert (secrets / "redis-password").read_text().strip() == REDIS_PASSWORD
+        files = sorted(secrets.glob("*.token"))
+        assert {f.name for f in files} == {"admin.token", "retrieval.token", "recommender.token"}
+        assert all(f.stat().st_mode & 0o777 == 0o400 for f in files)
+        before = {f.name: f.read_text() for f in files}
+        again = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+        assert again.returncode == 0 and again.stdout.count(": kept") == 4, again.stdout
+        assert {f.name: f.read_text() for f in files} == before
         for name in ("modelserver", "encoder"):
             wait_serving(launch(name), timeout=300)
         launch("worker")
         # The bootstrap, as compose runs it: roll out the newest model version and serve it.
-        bootstrap = []
-        mounts = {
-            "/catalogue/sample-catalogue/styles.csv": str(tiny_csv),
-            "/models": str(models_dir),
-        }
-        for arg in compose["bootstrap"]["command"]:
-            arg = mounts.get(arg, arg)
-            for container, local in hosts.items():
-                arg = arg.replace(container, local)
-            bootstrap.append(arg)
-        assert bootstrap[:2] == ["atelier", "encode"]
-        argv = [sys.executable, "-m", "services.cli", *bootstrap[1:]]
-        first = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        argv, env = one_shot("bootstrap")
+        assert argv[3] == "encode"
+        first = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         newest = model_versions(models_dir)[-1]
         store = CodeStore.from_url(redis_server.url)
         assert store.served_version() == newest and store.item_count(newest) == 300
-        again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        again = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
         assert again.returncode == 0 and "already served" in again.stdout
         for name in ("decoder", "retrieval", "recommender"):
             wait_serving(launch(name), timeout=300)
@@ -167,9 +221,22 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
 
         wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz")
         assert gateway.process.poll() is None
-        with grpc.insecure_channel(f"127.0.0.1:{ports['retrieval']}") as channel:
+        request = retrieval_pb2.SearchRequest(query=common_pb2.Query(item_id="1164"), k=3)
+        with make_channel(f"127.0.0.1:{ports['retrieval']}") as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                retrieval_pb2_grpc.RetrievalServiceStub(channel).Search(request, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            admin = with_token(channel, (secrets / "admin.token").read_text().strip())
+            reply = retrieval_pb2_grpc.RetrievalServiceStub(admin).Search(request, timeout=10)
+        assert len(reply.results) == 3
+        # A query by photo: retrieval calls the encoder with its own token from the volume.
+        photo = common_pb2.Query(image=(tiny_csv.parent / "images" / "1164.jpg").read_bytes())
+        with with_token(
+            make_channel(f"127.0.0.1:{ports['retrieval']}"),
+            (secrets / "admin.token").read_text().strip(),
+        ) as channel:
             reply = retrieval_pb2_grpc.RetrievalServiceStub(channel).Search(
-                retrieval_pb2.SearchRequest(query=common_pb2.Query(item_id="1164"), k=3), timeout=10
+                retrieval_pb2.SearchRequest(query=photo, k=3), timeout=30
             )
         assert len(reply.results) == 3
     finally:

@@ -26,7 +26,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fashion-product-ti
 
 @pytest.fixture(scope="module")
 def stub(encoding_suite):
-    channel = grpc.insecure_channel(encoding_suite.env["ENCODER_ADDR"])
+    channel = encoding_suite.channel("encoder")
     yield encoder_pb2_grpc.EncoderServiceStub(channel)
     channel.close()
 
@@ -53,7 +53,7 @@ def _wait(stub, job_id: str, timeout: float = 240.0) -> common_pb2.Job:
 
 
 def test_health_and_reflection(encoding_suite):
-    with grpc.insecure_channel(encoding_suite.env["ENCODER_ADDR"]) as channel:
+    with encoding_suite.channel("encoder") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="atelier.v1.EncoderService"), timeout=5
         )

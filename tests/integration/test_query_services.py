@@ -48,7 +48,7 @@ def query_suite(tmp_path_factory, two_version_models, tiny_csv, tiny_images):
     with local_suite(
         work, two_version_models, workers=1, extra_env={"KMEANS_K": str(KMEANS_K)}
     ) as suite:
-        with grpc.insecure_channel(suite.env["ENCODER_ADDR"]) as channel:
+        with suite.channel("encoder") as channel:
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
             requests = [
                 encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv), model_version=v)
@@ -86,10 +86,7 @@ def query_suite(tmp_path_factory, two_version_models, tiny_csv, tiny_images):
 
 @pytest.fixture(scope="module")
 def channels(query_suite):
-    opened = {
-        name: grpc.insecure_channel(query_suite.env[f"{name.upper()}_ADDR"])
-        for name in ("retrieval", "recommender", "decoder")
-    }
+    opened = {name: query_suite.channel(name) for name in ("retrieval", "recommender", "decoder")}
     yield opened
     for channel in opened.values():
         channel.close()
@@ -217,6 +214,11 @@ def test_unlabelled_items_get_a_predicted_partition(search, reference, tiny_imag
         assert list(by_photo.searched) == [category.sub_category]
         # Its photo's labelled twin is found in the same partition, at distance 0.
         assert by_photo.results[0].item.item_id in (photo, new_id)
+        # Image refs are the gateway's URLs, never server paths; inline items have none.
+        for result in (*by_item.results, *by_photo.results):
+            item = result.item
+            assert item.image_ref in ("", f"/api/image/{item.item_id}"), item.image_ref
+            assert (item.image_ref == "") == (item.item_id in UNLABELLED)
     labelled_row = int(np.flatnonzero(reference.labelled)[0])
     reply = search(
         retrieval_pb2.SearchRequest(
@@ -359,6 +361,7 @@ def test_decode_traverse_and_random_start(decoder, reference):
     )
     latent_dim = reference.codes.mu.shape[1]
     assert start.item.sub_category == "Eyewear" and len(start.code.mu) == latent_dim
+    assert start.item.image_ref == f"/api/image/{start.item.item_id}"
     assert start.category.sub_category == "Eyewear" and start.category.from_label
     assert all(lo < hi for lo, hi in zip(start.lower, start.upper, strict=True))
     sliders = start.sliders

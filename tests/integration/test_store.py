@@ -7,6 +7,7 @@ import pytest
 
 from atelier import jobs
 from atelier.catalogue import load_image_file
+from atelier.confinement import CatalogueRoots
 from atelier.modelstore import LoadedEncoder
 from atelier.store import GENERATION_CHANNEL, CodeStore, ItemRecord, ModelRecord
 
@@ -107,16 +108,24 @@ def test_encode_chunk_records_bad_images_and_is_idempotent(
         {"item_id": "gone", "image_ref": str(tmp_path / "nope.jpg")},
         {"item_id": "inline", "image": good[0].read_bytes(), "sub_category": "Y"},
     ]
-    queued: list[list[str]] = []
-    job_id = jobs.submit(store, 1, entries, lambda _job, ids: queued.append(ids), chunk_size=4)
-    assert [len(c) for c in queued] == [4, 2]
+    roots = CatalogueRoots.of([tiny_images.parent, tmp_path])
+    queued: list[int] = []
+    job_id = jobs.submit(
+        store,
+        1,
+        entries,
+        (80, 64),
+        lambda _job, chunk: queued.append(chunk),
+        jobs.JobPolicy(chunk_size=4),
+    )
+    assert queued == [0, 1]
 
     def encode(images, _version):
         return encoder.encode(images)
 
     for _ in range(2):  # a redelivered chunk changes nothing
         for chunk in queued:
-            jobs.encode_chunk(store, encode, job_id, chunk, (80, 64))
+            jobs.encode_chunk(store, encode, job_id, chunk, roots)
     progress = jobs.progress(store, job_id, max_failures=10)
     assert progress.state is jobs.JobState.SUCCEEDED
     assert (progress.total, progress.done, progress.failed) == (6, 4, 2)
@@ -129,8 +138,8 @@ def test_encode_chunk_records_bad_images_and_is_idempotent(
 
 def test_submit_rejects_duplicate_or_missing_ids(store: CodeStore):
     with pytest.raises(ValueError, match="twice"):
-        jobs.submit(store, 1, [{"item_id": "a"}, {"item_id": "a"}], lambda *_: None)
+        jobs.submit(store, 1, [{"item_id": "a"}, {"item_id": "a"}], (80, 64), lambda *_: None)
     with pytest.raises(ValueError, match="non-empty"):
-        jobs.submit(store, 1, [{"item_id": ""}], lambda *_: None)
+        jobs.submit(store, 1, [{"item_id": ""}], (80, 64), lambda *_: None)
     with pytest.raises(ValueError, match="at least one"):
-        jobs.submit(store, 1, [], lambda *_: None)
+        jobs.submit(store, 1, [], (80, 64), lambda *_: None)

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
@@ -29,7 +28,7 @@ def studio(tmp_path_factory, models_dir, tiny_csv):
     with local_suite(
         work, models_dir, workers=1, extra_env={"GATEWAY_IMAGE_ROOT": str(tiny_csv.parent)}
     ) as suite:
-        with grpc.insecure_channel(suite.env["ENCODER_ADDR"]) as channel:
+        with suite.channel("encoder") as channel:
             stub = encoder_pb2_grpc.EncoderServiceStub(channel)
             job = stub.SubmitCatalogue(
                 encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)), timeout=60
@@ -51,7 +50,7 @@ def studio(tmp_path_factory, models_dir, tiny_csv):
 
         url = f"http://127.0.0.1:{suite.env['GATEWAY_PORT']}/"
         wait_http(url + "healthz")
-        yield url
+        yield url, suite.token
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +65,17 @@ def page(studio):
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(studio)
+        url, token = studio
+        page.goto(url)
+        # Without a token the API answers 401 and the page asks for one; with it, everything loads.
+        page.wait_for_function(
+            "document.getElementById('error').textContent.includes('paste a token')",
+            timeout=30_000,
+        )
+        page.fill("#token", token)
+        page.click("#token-form button")
         page.wait_for_function("Number(document.body.dataset.lists || 0) >= 1", timeout=30_000)
+        assert page.evaluate("() => sessionStorage.getItem('atelier-token')") == token
         yield page
         browser.close()
 

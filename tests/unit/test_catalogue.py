@@ -123,6 +123,75 @@ def test_huge_image_is_refused_before_decoding():
         decode_image(buffer.getvalue())
 
 
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "ICO"])
+def test_formats_outside_the_whitelist_are_refused(fmt):
+    image = Image.open(io.BytesIO(_jpeg())).convert("RGB")
+    with pytest.raises(ImageError, match=r"not an image .*JPEG, PNG, WebP and GIF"):
+        decode_image(_encoded(image, fmt))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF"])
+def test_large_images_are_shrunk_before_conversion_and_match_small_ones(fmt):
+    """A 3000x4000 photo gives the model nearly what its 60x80 version gives (draft/thumbnail)."""
+    small = Image.open(io.BytesIO(_jpeg(60, 80))).convert("RGB")
+    large = small.resize((3000, 4000), Image.Resampling.NEAREST)
+    expected = decode_image(_encoded(small, "PNG"))
+    got = decode_image(_encoded(large, fmt))
+    assert got.shape == (80, 64, 3)
+    assert float(np.abs(got - expected).mean()) < 0.03
+
+
+def test_blank_check_runs_on_the_shrunk_image():
+    """A near-white 4000x4000 photo is still blank once shrunk; a real one is not."""
+    rng = np.random.default_rng(0)
+    noise = (255 - rng.integers(0, 2, (4000, 4000, 3))).astype(np.uint8)  # std < 1 at full size
+    with pytest.raises(ImageError, match="blank image"):
+        decode_image(_encoded(Image.fromarray(noise), "PNG"))
+    photo = Image.open(io.BytesIO(_jpeg(60, 80))).resize((3000, 4000))
+    assert decode_image(_encoded(photo, "JPEG")).shape == (80, 64, 3)
+
+
+def test_decoder_messages_never_quote_the_file():
+    """PIL's own messages may quote a file's bytes (a chunk name); the reasons never do."""
+    png = _encoded(Image.open(io.BytesIO(_jpeg())).convert("RGB"), "PNG")
+    idat = png.index(b"IDAT")
+    renamed = png[:idat] + b"S3CR" + png[idat + 4 :]
+    garbled = png[: idat + 8] + bytes(64) + png[idat + 72 :]
+    reasons = []
+    for payload in (renamed, garbled):
+        with pytest.raises(ImageError) as error:
+            decode_image(payload)
+        reasons.append(str(error.value))
+    assert reasons[1] == "corrupt or truncated image"
+    assert not any("S3CR" in r or "\\x" in r for r in reasons)
+
+
+def test_csv_errors_name_the_line_never_its_text(tmp_path):
+    passwd = tmp_path / "passwd.csv"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/bin/sh\n")
+    with pytest.raises(ValueError, match="unknown schema") as error:
+        read_catalogue_csv(passwd)
+    assert "root" not in str(error.value) and "bash" not in str(error.value)
+    short = tmp_path / "short.csv"
+    short.write_text("id,image_path,category\na1,x.jpg,Shoes\nsecret-id\n")
+    with pytest.raises(ValueError, match=r"^line 3: missing image_path$"):
+        read_catalogue_csv(short)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"id,image_path\n1,\xff\xfe\xfa.jpg\n")
+    with pytest.raises(ValueError, match=r"^line \d+: not UTF-8 text$"):
+        read_catalogue_csv(binary)
+    huge = tmp_path / "huge.csv"
+    huge.write_text("id,image_path\n1," + "s" * 200_000 + "\n")  # past csv's field limit
+    with pytest.raises(ValueError, match=r"^line \d+: malformed CSV row$"):
+        read_catalogue_csv(huge)
+
+
 def test_bad_rows_are_reported_by_id_and_skipped(tmp_path, tiny_images):
     good = sorted(tiny_images.iterdir())[0]
     (tmp_path / "zero.jpg").write_bytes(b"")
