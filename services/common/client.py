@@ -7,6 +7,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from atelier.v1 import (
     common_pb2,
     decoder_pb2,
@@ -94,6 +97,10 @@ class AtelierClient:
             name: make_channel(getattr(addresses, name), tls, round_robin=True, retry_overload=True)
             for name in ("encoder", "decoder", "retrieval", "recommender")
         }
+        # Health is an open service: probes need no token, and share the long-lived channels.
+        self._health = {
+            name: health_pb2_grpc.HealthStub(channel) for name, channel in self._channels.items()
+        }
         self._bind(client_token(token) if token is None else token)
 
     def _bind(self, token: str | None) -> None:
@@ -117,6 +124,25 @@ class AtelierClient:
             return
         for channel in self._channels.values():
             channel.close()
+
+    def serving(
+        self,
+        names: Sequence[str] = ("decoder", "retrieval", "recommender"),
+        timeout: float = 2.0,
+    ) -> dict[str, bool]:
+        """Whether each named service reports SERVING, asked in parallel over the client's own
+        long-lived channels (a probe opens no connection of its own)."""
+        calls = {
+            name: self._health[name].Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)
+            for name in names
+        }
+        serving = {}
+        for name, call in calls.items():
+            try:
+                serving[name] = call.result().status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                serving[name] = False
+        return serving
 
     def search(
         self,

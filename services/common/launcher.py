@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -85,6 +86,23 @@ def wait_serving(
                 pass
             time.sleep(0.2)
     raise TimeoutError(f"{managed.name} was not SERVING on {managed.address} within {timeout:.0f}s")
+
+
+def wait_http(url: str, managed: ManagedProcess | None = None, timeout: float = 60.0) -> None:
+    """Poll an HTTP URL until it answers 200 (and fail early if the process exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if managed is not None and managed.process.poll() is not None:
+            tail = managed.log_path.read_text()[-3000:] if managed.log_path else ""
+            raise RuntimeError(f"{managed.name} exited with {managed.process.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
 def celery_worker_argv(concurrency: int = 1, name: str = "worker") -> list[str]:
@@ -160,6 +178,27 @@ class Suite:
         managed = self.add(start_process(name, argv, self.env, self.log_dir, address))
         if wait:
             wait_serving(managed, timeout, self.client_tls())
+        return managed
+
+    def start_gateway(
+        self,
+        name: str = "gateway",
+        extra_env: dict[str, str] | None = None,
+        ready_path: str | None = "/healthz",
+        timeout: float = 60.0,
+    ) -> ManagedProcess:
+        """The studio gateway (`python -m services.gateway`); waits until `ready_path` answers 200.
+
+        extra_env overrides the suite's variables for this process only (a second gateway on its
+        own GATEWAY_PORT, or one pointed at other backends)."""
+        env = {**self.env, **(extra_env or {})}
+        if "GATEWAY_PORT" not in env:
+            self.reserve_ports(("gateway",))
+            env = {**self.env, **(extra_env or {})}
+        argv = [sys.executable, "-m", "services.gateway"]
+        managed = self.add(start_process(name, argv, env, self.log_dir, env["GATEWAY_ADDR"]))
+        if ready_path is not None:
+            wait_http(f"http://{env['GATEWAY_ADDR']}{ready_path}", managed, timeout)
         return managed
 
     def start_worker(self, name: str, concurrency: int = 1) -> ManagedProcess:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -60,6 +61,84 @@ def env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SystemExit(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+# Details travel percent-encoded in a trailer (up to 3 bytes per UTF-8 byte), and clients
+# refuse trailers over 8 KiB.
+MAX_DETAILS_BYTES = 1000
+
+
+def _capped(details: str | None) -> str | None:
+    if details is None or len(details.encode()) <= MAX_DETAILS_BYTES:
+        return details
+    return details.encode()[: MAX_DETAILS_BYTES - 3].decode(errors="ignore") + "…"
+
+
+class _CallerContext:
+    """The servicer context with status details capped: a message that quotes a caller's
+    megabyte-long value must not exceed the trailers' size limit (the client would see
+    RESOURCE_EXHAUSTED instead of the status the service chose)."""
+
+    def __init__(self, context: grpc.ServicerContext):
+        self._context = context
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+    def abort(self, code: grpc.StatusCode, details: str = ""):
+        self._context.abort(code, _capped(details))
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(_capped(details))
+
+
+class CallerErrors(grpc.ServerInterceptor):
+    """What callers get wrong is answered as their error, for every method of every service.
+
+    A request whose bytes do not parse as its message is INVALID_ARGUMENT: grpc itself answers
+    INTERNAL ("Exception deserializing request!"), which reads as a server bug and would hide
+    real ones; so each method gets its request bytes and parses them here, and only DecodeError
+    becomes the caller's fault. Status details are capped at MAX_DETAILS_BYTES."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def parsed(raw: bytes, context):
+            try:
+                return parse(raw)
+            except DecodeError:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request message")
+
+        def each(requests, context):
+            for raw in requests:
+                yield parsed(raw, context)
+
+        if handler.unary_unary:
+            behavior, wrap, make = handler.unary_unary, parsed, grpc.unary_unary_rpc_method_handler
+        elif handler.unary_stream:
+            behavior, wrap, make = (
+                handler.unary_stream,
+                parsed,
+                grpc.unary_stream_rpc_method_handler,
+            )
+        elif handler.stream_unary:
+            behavior, wrap, make = handler.stream_unary, each, grpc.stream_unary_rpc_method_handler
+        else:
+            behavior, wrap, make = (
+                handler.stream_stream,
+                each,
+                grpc.stream_stream_rpc_method_handler,
+            )
+
+        def call(request, context):
+            return behavior(wrap(request, context), _CallerContext(context))
+
+        return make(
+            call, request_deserializer=None, response_serializer=handler.response_serializer
+        )
 
 
 @dataclass
@@ -111,8 +190,15 @@ def grpc_server(
     tls = ServerTLS.from_env() if tls is None else tls
     limiter = ConcurrencyLimiter(limit)
     # The limiter comes first: an RPC over the limit is refused before any other work is done
-    # (the token check included); authentication comes next.
-    interceptors: list[grpc.ServerInterceptor] = [limiter, *server_interceptors(auth)]
+    # (the token check included, and without reading the request). CallerErrors is next: it
+    # parses the request bytes itself, so a malformed message is INVALID_ARGUMENT (before the
+    # token check, which cannot be reached without a parsed request) rather than grpc's INTERNAL,
+    # and every status after it, authentication's included, has its details capped.
+    interceptors: list[grpc.ServerInterceptor] = [
+        limiter,
+        CallerErrors(),
+        *server_interceptors(auth),
+    ]
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=limit + SPARE_THREADS, initializer=thread_initializer

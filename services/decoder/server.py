@@ -100,6 +100,10 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 rows = generation.rows_of_category(request.category)
             except LookupError as exc:
                 context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if request.HasField("seed") and request.seed < 0:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"seed must be >= 0, got {request.seed}"
+            )
         rng = np.random.default_rng(request.seed if request.HasField("seed") else None)
         row = int(rng.choice(rows))
         codes = generation.codes

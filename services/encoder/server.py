@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import threading
 from collections.abc import Iterator
@@ -135,8 +136,16 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, "catalogue CSV not found")
         except jobs.LimitExceeded as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except ValueError as exc:
+        except ValueError as exc:  # the catalogue's reasons name a line, never its text
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad catalogue: {exc}")
+        except (KeyError, csv.Error) as exc:
+            # The reason may quote the file (its header row): log it, never answer with it.
+            log.info("bad catalogue CSV %r: %s", request.csv_path[:200], exc)
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad catalogue CSV: expected UTF-8 with the Kaggle styles.csv columns "
+                "(id, masterCategory, subCategory, articleType, ...) or id,image_path[,category]",
+            )
         except OSError as exc:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,

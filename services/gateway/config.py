@@ -27,6 +27,8 @@ class Settings:
     port: int
     timeout: float
     max_upload_bytes: int
+    max_json_bytes: int
+    read_timeout: float
     image_root: Path
     tls_cert_file: Path | None
     tls_key_file: Path | None
@@ -44,6 +46,9 @@ class Settings:
             port=env_int("GATEWAY_PORT", 8080),
             timeout=env_float("GATEWAY_TIMEOUT_SECONDS", 10.0),
             max_upload_bytes=env_int("GATEWAY_MAX_UPLOAD_BYTES", 16 * 1024 * 1024),
+            max_json_bytes=env_int("GATEWAY_MAX_JSON_BYTES", 1024 * 1024),
+            # A client that stops sending mid-request (or idles on keep-alive) frees its thread.
+            read_timeout=env_float("GATEWAY_READ_TIMEOUT_SECONDS", 30.0),
             # Catalogue images are served only from below this folder.
             image_root=Path(env_str("GATEWAY_IMAGE_ROOT", "data")).resolve(),
             # HTTPS when both are set (services/common/tls.py: https_context).

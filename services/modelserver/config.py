@@ -14,6 +14,7 @@ class Settings:
     host: str
     port: int
     workers: int
+    max_batch: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -22,4 +23,6 @@ class Settings:
             host=env_str("MODEL_SERVER_HOST", "127.0.0.1"),
             port=env_int("MODEL_SERVER_PORT", 8500),  # TensorFlow Serving's gRPC port
             workers=env_int("MODEL_SERVER_WORKERS", 8),
+            # Rows per Predict: a z batch of a few MB would otherwise decode to tens of GB.
+            max_batch=env_int("MODEL_SERVER_MAX_BATCH", 1024),
         )

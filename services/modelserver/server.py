@@ -7,6 +7,7 @@ It speaks the tensorflow-serving-api contract, so every client works unchanged a
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,16 +21,35 @@ from tensorflow_serving.apis import (
 )
 
 from atelier.modelstore import ServableInputError, ServableNotFound, ServableRegistry
-from services.common.runtime import RunningServer, grpc_server
+from services.common.runtime import MAX_MESSAGE_BYTES, RunningServer, grpc_server
 from services.modelserver.config import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "tensorflow.serving.PredictionService"
 
 
+# A shape without values is filled with zeros: bound what a request may ask to allocate.
+MAX_INPUT_ELEMENTS = MAX_MESSAGE_BYTES // 4
+
+
+def check_shape(key: str, tensor, max_batch: int) -> None:
+    """An input's declared shape before anything is allocated for it: known, non-negative
+    dimensions, at most max_batch rows and MAX_INPUT_ELEMENTS values."""
+    dims = [d.size for d in tensor.tensor_shape.dim]
+    if tensor.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+        raise ServableInputError(f"input {key[:40]!r} needs a fully known shape, got {dims}")
+    if dims and dims[0] > max_batch:
+        raise ServableInputError(f"input {key[:40]!r} has {dims[0]} rows; at most {max_batch}")
+    if math.prod(dims) > MAX_INPUT_ELEMENTS:
+        raise ServableInputError(
+            f"input {key[:40]!r} has more than {MAX_INPUT_ELEMENTS} values (shape {dims})"
+        )
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: ServableRegistry):
+    def __init__(self, registry: ServableRegistry, max_batch: int = 1024):
         self.registry = registry
+        self.max_batch = max_batch
 
     def _servable(self, model_spec, context):
         version = model_spec.version.value if model_spec.HasField("version") else None
@@ -40,6 +60,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         servable = self._servable(request.model_spec, context)
+        try:
+            for key, tensor in request.inputs.items():
+                check_shape(key, tensor, self.max_batch)
+        except ServableInputError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             inputs = {key: tf.make_ndarray(tensor) for key, tensor in request.inputs.items()}
         except (TypeError, ValueError) as exc:
@@ -94,7 +119,7 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
         raise SystemExit(
             f"no SavedModels under {settings.models_dir} (expected <name>/<version>/saved_model.pb)"
         )
-    servicer = PredictionServicer(registry)
+    servicer = PredictionServicer(registry, settings.max_batch)
 
     def register(server: grpc.Server) -> None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
