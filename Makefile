@@ -28,9 +28,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/vendor_tfserving.py --check
 
 protos: venv
 	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/python scripts/vendor_tfserving.py
 
 format: venv
 	$(BIN)/ruff format .

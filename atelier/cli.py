@@ -72,10 +72,10 @@ def _prepare(args: argparse.Namespace, size: tuple[int, int], split=None):
 def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from atelier.modelinfo import ModelConfig
     from atelier.modelstore import export_model
     from atelier.taxonomy import Taxonomy
     from atelier.training import TrainConfig, train
-    from atelier.vae import ModelConfig
 
     dataset = _prepare(args, args.size)
     images = dataset.images(test=False)
@@ -185,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_whole_catalogue,
         write_results,
     )
-    from atelier.modelstore import read_metadata
+    from atelier.modelinfo import read_metadata
 
     inputs = EvaluationInputs(
         models_dir=args.models,

@@ -336,7 +336,8 @@ def codes_from_run(run_dir: Path, images: np.ndarray, epsilon: np.ndarray) -> tu
     """μ/σ/z (and the model) from a training run's latest checkpoint."""
     import tensorflow as tf
 
-    from atelier.vae import Autoencoder, ModelConfig
+    from atelier.modelinfo import ModelConfig
+    from atelier.vae import Autoencoder
 
     saved = json.loads((Path(run_dir) / "config.json").read_text())
     model = Autoencoder(ModelConfig.from_dict(saved["model"]))

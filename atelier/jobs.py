@@ -9,7 +9,9 @@ killed) changes nothing the second time.
 Chunks are queued through a window: at most `max_queued_chunks` of a job are in the queue at
 once, and each finished chunk tops the window up. The job records how far queueing got (a
 high-water mark that only rises), so an encoder that dies part-way leaves a job that the next
-scan (`resume`), or the next GetJob, carries on.
+scan (`resume`), or the next GetJob, carries on. A job stays among the active ones until every
+chunk is finished, so that chunks the queue lost (a Redis crash) are queued again
+(`requeue_lost`).
 """
 
 from __future__ import annotations
@@ -199,10 +201,10 @@ def pump(
     to wait for another pump of the same job to finish (0: not at all).
     """
     state = store.queue_state(job_id)
-    if state is None or state.cancelled or state.queued >= state.chunks:
+    if state is None or state.cancelled or state.finished >= state.chunks:
         store.forget_active(job_id)
         return 0
-    if state.in_flight >= window:
+    if state.queued >= state.chunks or state.in_flight >= window:
         return 0
     lock = store.pump_lock(job_id, PUMP_LOCK_SECONDS)
     if not lock.acquire(blocking=wait > 0, blocking_timeout=wait or None):
@@ -211,10 +213,10 @@ def pump(
     try:
         while True:
             state = store.queue_state(job_id)
-            if state is None or state.cancelled or state.queued >= state.chunks:
+            if state is None or state.cancelled:
                 store.forget_active(job_id)
                 return sent
-            if state.in_flight >= window:
+            if state.queued >= state.chunks or state.in_flight >= window:
                 return sent
             store.touch_chunk(job_id, state.queued, state.chunk_size)
             enqueue(job_id, state.queued)
@@ -237,7 +239,6 @@ def fail_unqueued(store: CodeStore, job_id: str, reason: str) -> None:
         store.record_chunk(job_id, version, [], dict.fromkeys(ids, reason), chunk_index=index)
     store.advance_queued(job_id, state.chunks)
     store.set_job_fields(job_id, reason=reason)
-    store.forget_active(job_id)
 
 
 def submit(
@@ -452,6 +453,46 @@ def progress_of(raw: dict, now: float) -> JobProgress:
     )
 
 
+def requeue_lost(
+    store: CodeStore,
+    enqueue: EnqueueFn,
+    queue_idle: Callable[[], bool],
+    quiet_seconds: float,
+    now: float | None = None,
+) -> int:
+    """Queue again the chunks of unfinished jobs that no task carries any more. Returns how many.
+
+    Celery's Redis transport pops a task and only then records it as unacknowledged; if Redis
+    dies in between (the chaos benchmark's Redis kill), the task is gone and its job would never
+    finish. A job has lost chunks when it has queued chunks that are not finished, it is quiet
+    (no progress, submission or requeue for quiet_seconds) and the queue is idle (no task
+    waiting, running or held for a retry). Chunks are idempotent, so a task caught in flight by
+    this check only runs twice.
+    """
+    now = time.time() if now is None else now
+    requeued = 0
+    for job_id in store.active_jobs():
+        state = store.queue_state(job_id) if valid_job_id(job_id) else None
+        if state is None or state.cancelled or state.finished >= state.chunks:
+            store.forget_active(job_id)
+            continue
+        if state.in_flight <= 0:
+            continue  # nothing queued is outstanding; pump queues the rest
+        definition = store.job_definition(job_id)
+        last = max(float(definition.get(k) or 0.0) for k in ("created", "updated", "requeued"))
+        if now - last < quiet_seconds:
+            continue
+        if not queue_idle():
+            break  # work is in flight: nothing can be called lost yet
+        lost = store.unfinished_chunks(job_id, state.queued)
+        for index in lost:
+            enqueue(job_id, index)
+        store.set_job_fields(job_id, requeued=repr(now))
+        requeued += len(lost)
+        log.warning("job %s: queued %d lost chunks again", job_id, len(lost))
+    return requeued
+
+
 def ensure_model_registered(
     store: CodeStore,
     version: int,
@@ -465,7 +506,7 @@ def ensure_model_registered(
     ε comes from the version's atelier_model.json when the models are on this machine; behind a
     remote TensorFlow Serving it is recovered from one probe encoding, ε = (z − μ) / σ.
     """
-    from atelier.modelstore import read_metadata
+    from atelier.modelinfo import read_metadata
     from atelier.store import ModelRecord
 
     if store.model(version) is not None:

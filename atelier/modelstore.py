@@ -11,72 +11,23 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from atelier.latent import draw_epsilon
-from atelier.vae import Autoencoder, ModelConfig
-
-ENCODER_NAME = "atelier_encoder"
-DECODER_NAME = "atelier_decoder"
-ENCODE_SIGNATURE = "encode"
-DECODE_SIGNATURE = "decode"
-METADATA_FILE = "atelier_model.json"
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    version: int
-    config: ModelConfig
-    epsilon: np.ndarray
-    epsilon_seed: int
-    data_hash: str
-    extra: dict
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.config.image_size
-
-    @property
-    def latent_dim(self) -> int:
-        return self.config.latent_dim
-
-    def to_json(self) -> dict:
-        return {
-            "version": self.version,
-            "image_size": list(self.config.image_size),
-            "latent_dim": self.config.latent_dim,
-            "beta": self.config.beta,
-            "data_hash": self.data_hash,
-            "epsilon": [float(v) for v in self.epsilon],
-            "epsilon_seed": self.epsilon_seed,
-            "config": self.config.to_dict(),
-            **self.extra,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> ModelMetadata:
-        known = {
-            "version",
-            "image_size",
-            "latent_dim",
-            "beta",
-            "data_hash",
-            "epsilon",
-            "epsilon_seed",
-            "config",
-        }
-        return cls(
-            version=int(data["version"]),
-            config=ModelConfig.from_dict(data["config"]),
-            epsilon=np.asarray(data["epsilon"], dtype=np.float32),
-            epsilon_seed=int(data["epsilon_seed"]),
-            data_hash=data["data_hash"],
-            extra={k: v for k, v in data.items() if k not in known},
-        )
+from atelier.modelinfo import (
+    DECODE_SIGNATURE,
+    DECODER_NAME,
+    ENCODE_SIGNATURE,
+    ENCODER_NAME,
+    METADATA_FILE,
+    ModelMetadata,
+    read_metadata,
+)
+from atelier.vae import Autoencoder
 
 
 class _EncoderModule(tf.Module):
@@ -203,34 +154,6 @@ def export_model(
             module, signatures, target, metadata.to_json(), (name, signature, warmup_inputs)
         )
     return metadata
-
-
-def model_versions(models_dir: Path, name: str = ENCODER_NAME) -> list[int]:
-    base = Path(models_dir) / name
-    if not base.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / METADATA_FILE).exists()
-    )
-
-
-def read_metadata(
-    models_dir: Path, version: int | None = None, name: str = ENCODER_NAME
-) -> ModelMetadata:
-    versions = model_versions(models_dir, name)
-    if not versions:
-        raise FileNotFoundError(f"no exported versions of {name} under {models_dir}")
-    version = versions[-1] if version is None else version
-    if version not in versions:
-        raise FileNotFoundError(
-            f"{name} version {version} not found under {models_dir} (have {versions})"
-        )
-    metadata = ModelMetadata.from_json(
-        json.loads((Path(models_dir) / name / str(version) / METADATA_FILE).read_text())
-    )
-    # The folder is the version, as TensorFlow Serving sees it: a copy under another number
-    # is that version.
-    return replace(metadata, version=version)
 
 
 class LoadedEncoder:

@@ -95,12 +95,15 @@ def start_redis(
     appendonly: bool = True,
     password: str | None = None,
     tls: RedisTLS | None = None,
+    appendfsync: str = "everysec",
 ) -> RedisProcess:
     """Start redis-server bound to 127.0.0.1 with AOF persistence in data_dir; wait until it answers.
 
     With a password, clients must AUTH (`requirepass`, from a config file only the owner can read,
     so it is not on the command line). With `tls`, the port speaks TLS only (it needs a
-    redis-server built with TLS: `tls_redis_server_binary`).
+    redis-server built with TLS: `tls_redis_server_binary`). Started again with the same data_dir
+    (and port), it reloads the AOF. `appendfsync` is Redis's: everysec (compose's) or always
+    (fsync before each reply; see deploy/README.md, Surviving crashes).
     """
     data_dir = Path(data_dir).resolve()  # redis-server chdirs to --dir before opening the log file
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,7 @@ def start_redis(
         *listen,
         "--dir", str(data_dir),
         "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", appendfsync,
         "--save", "",
         "--daemonize", "no",
         "--logfile", str(data_dir / "redis.log"),

@@ -414,6 +414,13 @@ class CodeStore:
             if is_done or reason is not None
         }
 
+    def job_done_ids(self, job_id: str, item_ids: Sequence[str]) -> set[str]:
+        """Those of item_ids recorded as done (encoded)."""
+        if not item_ids:
+            return set()
+        flags = self.redis.smismember(f"{job_key(job_id)}:done", list(item_ids))
+        return {item_id for item_id, flag in zip(item_ids, flags, strict=True) if flag}
+
     def begin_chunk(self, job_id: str, index: int, attempt: int) -> int:
         """Count one delivery of (chunk, attempt); 0 when the job is unknown or expired."""
         return int(
@@ -492,8 +499,13 @@ class CodeStore:
         return self.redis.lock(f"{job_key(job_id)}:pump", timeout=timeout)
 
     def active_jobs(self) -> list[str]:
-        """Jobs that may still have chunks to queue."""
+        """Jobs that may still have chunks to queue or to finish."""
         return sorted(v.decode() for v in self.redis.smembers(ACTIVE_JOBS))
+
+    def unfinished_chunks(self, job_id: str, below: int) -> list[int]:
+        """The chunks under index `below` (the queued ones) not yet marked finished."""
+        finished = {int(v) for v in self.redis.smembers(f"{job_key(job_id)}:chunks")}
+        return [index for index in range(below) if index not in finished]
 
     def forget_active(self, job_id: str) -> None:
         self.redis.srem(ACTIVE_JOBS, job_id)

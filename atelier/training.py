@@ -13,7 +13,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from atelier.vae import Autoencoder, ModelConfig
+from atelier.modelinfo import ModelConfig
+from atelier.vae import Autoencoder
 
 log = logging.getLogger(__name__)
 

@@ -2,59 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Shape and objective of a model. Saved with every export."""
-
-    image_size: tuple[int, int] = (80, 64)  # (height, width); both divisible by 8
-    latent_dim: int = 16
-    filters: tuple[int, int, int] = (32, 64, 128)
-    dense_units: int = 256
-    # 3x3 convolutions added after each stride-2 stage, in the encoder and the decoder alike.
-    convs_per_stage: int = 0
-    beta: float = 1.0
-    variational: bool = True
-    # The category prior (label-supervised training; encoding never needs a label). An item of
-    # component c has the prior N(m_c, I) instead of N(0, I); the means m_c are learned with the
-    # networks, and the mixture's posterior p(c | μ) ∝ N(μ; m_c, I) is trained to name the item's
-    # component with weight `class_weight`. Empty `components` is the paper's plain VAE.
-    components: tuple[tuple[str, str, str], ...] = ()
-    class_weight: float = 0.0
-    prior_init_scale: float = 0.1
-
-    def __post_init__(self) -> None:
-        height, width = self.image_size
-        if height % 8 or width % 8:
-            raise ValueError(
-                f"image size {self.image_size} must be divisible by 8 (3 stride-2 convs)"
-            )
-        if self.components and not self.variational:
-            raise ValueError("the category prior needs a variational model")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("image_size", "filters"):
-            if key in known:
-                known[key] = tuple(known[key])
-        if "components" in known:
-            known["components"] = tuple(tuple(c) for c in known["components"])
-        return cls(**known)
-
-    @property
-    def category_prior(self) -> bool:
-        return bool(self.components)
+from atelier.modelinfo import ModelConfig
 
 
 class Sampling(layers.Layer):

@@ -93,7 +93,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAILING_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 QUERY_SERVICES = ("decoder", "retrieval", "recommender")
 MAX_RECORDED_FAILURES = 20
-MODEL_SERVER_MODULE = "tensorflow_serving.apis.prediction_service_pb2"
+MODEL_SERVER_MODULE = "atelier.tfserving.tensorflow_serving.apis.prediction_service_pb2"
 ADDRESS_VARS = {"tensorflow.serving.PredictionService": "MODEL_SERVER_ADDR"}
 
 
@@ -506,9 +506,8 @@ class Facts:
     token: str = ""  # sent to the gateway as "Authorization: Bearer" unless a case has its own
 
     def _model_server_requests(self) -> dict[str, list[Message]]:
-        from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
-
-        from atelier.modelstore import DECODE_SIGNATURE, DECODER_NAME, ENCODER_NAME
+        from atelier.modelinfo import DECODE_SIGNATURE, DECODER_NAME, ENCODER_NAME
+        from atelier.tfserving.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
         from services.common.model_client import to_tensor_proto
 
         predict = predict_pb2.PredictRequest()

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from atelier.catalogue import load_images, read_catalogue_csv
 from atelier.generation import MASTER, SUB, Partitioning, categorise, index_partitions
-from atelier.modelstore import LoadedDecoder, LoadedEncoder, read_metadata
+from atelier.modelinfo import read_metadata
+from atelier.modelstore import LoadedDecoder, LoadedEncoder
 from atelier.recommend import gender_rule, recommend
 from atelier.search import CodeSet
 from atelier.store import CodeStore, ItemRecord, ModelRecord

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from atelier.catalogue import SplitSpec, prepare_dataset
-from atelier.modelstore import DECODER_NAME, ENCODER_NAME, METADATA_FILE
+from atelier.modelinfo import DECODER_NAME, ENCODER_NAME, METADATA_FILE
 
 
 def legacy_fingerprint(items) -> str:

@@ -49,7 +49,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     version = args.version
     if version == "latest":
-        from atelier.modelstore import model_versions
+        from atelier.modelinfo import model_versions
 
         versions = model_versions(args.models)
         if not versions:

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from atelier.catalogue import read_catalogue_csv
-from atelier.modelstore import model_versions
+from atelier.modelinfo import model_versions
 from atelier.store import CodeStore
 from atelier.v1 import encoder_pb2
 from services.common.client import Addresses, AtelierClient, follow_job

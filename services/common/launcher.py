@@ -4,18 +4,22 @@ Used by the demo, the integration tests and the benchmarks; every process is sto
 Authentication is on unless asked otherwise: the suite creates an admin token in its Redis and
 hands it to every process as ATELIER_TOKEN (services use it for their calls to each other), and
 `suite.channel(name)` opens a channel to a service that sends it.
+With `restart=True` every process is also restarted when it dies, as compose's
+`restart: unless-stopped` does (see `ManagedProcess.supervise`); the chaos benchmark relies on it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,19 +37,110 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Docker's restart policy (next_restart_delay): wait 100 ms before the first restart, double the
+# wait after each restart that did not stay up, at most a minute; back to 100 ms once a process
+# has run for 10 s.
+RESTART_DELAY_SECONDS = 0.1
+RESTART_DELAY_MAX_SECONDS = 60.0
+RESTART_RESET_AFTER_SECONDS = 10.0
+
+
 @dataclass
 class ManagedProcess:
+    """A started process; `spawn` starts it again with the same argv, environment and port."""
+
     name: str
     process: subprocess.Popen
     address: str | None = None
     log_path: Path | None = None
+    spawn: Callable[[], subprocess.Popen] | None = None
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    _stopped: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def stop(self, timeout: float = 15.0) -> None:
-        stop_pid(self.process, timeout)
+        """Stop for good: a supervised process is not restarted after this (`unless-stopped`)."""
+        with self._lock:
+            self._stopped = True
+            self._stop_event.set()
+            process = self.process
+        stop_pid(process, timeout)
+
+    def kill_tree(self) -> list[int]:
+        """SIGKILL the process and all its descendants at once, as a container's death does.
+
+        Returns the pids killed; a supervised process is then restarted like any other exit.
+        """
+        pids = [self.process.pid, *descendants(self.process.pid)]
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
+    def supervise(self) -> threading.Thread:
+        """Restart the process whenever it exits, until `stop`, with Docker's restart delays."""
+        if self.spawn is None:
+            raise ValueError(f"{self.name} has no spawn function to restart it with")
+        thread = threading.Thread(
+            target=self._restart_loop, name=f"restart-{self.name}", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _restart_loop(self) -> None:
+        assert self.spawn is not None
+        delay: float | None = None
+        while True:
+            code = self.process.wait()
+            ran = time.monotonic() - self.started_at
+            delay = next_restart_delay(delay, ran)
+            if self._stop_event.wait(delay):
+                return
+            with self._lock:
+                if self._stopped:
+                    return
+                try:
+                    process = self.spawn()
+                except Exception:  # e.g. Redis not listening in time: one more failed start
+                    log.exception("restarting %s failed", self.name)
+                    self.started_at = time.monotonic()
+                    continue
+                self.process, self.started_at = process, time.monotonic()
+                self.restarts += 1
+            log.warning(
+                "%s exited with %s after %.1fs; restarted it (pid %d, restart %d)",
+                self.name, code, ran, process.pid, self.restarts,
+            )  # fmt: skip
+
+
+def next_restart_delay(previous: float | None, ran: float) -> float:
+    """Docker's restart delay: 100 ms at first, doubled after each restart that did not stay up
+    for 10 s, at most a minute."""
+    if previous is None or ran >= RESTART_RESET_AFTER_SECONDS:
+        return RESTART_DELAY_SECONDS
+    return min(previous * 2, RESTART_DELAY_MAX_SECONDS)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (children first level first), from /proc."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop(0)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(v) for v in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                continue
+            found.extend(children)
+            queue.extend(children)
+    return found
 
 
 def start_process(
@@ -53,14 +148,29 @@ def start_process(
 ) -> ManagedProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    handle = log_path.open("ab")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **env}
-    process = subprocess.Popen(
-        argv, env=full_env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT
-    )
-    handle.close()
+
+    def spawn() -> subprocess.Popen:
+        with log_path.open("ab") as handle:  # appends: a restarted process keeps one log
+            return subprocess.Popen(
+                argv, env=full_env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT
+            )
+
+    process = spawn()
     log.info("started %s (pid %d)%s", name, process.pid, f" on {address}" if address else "")
-    return ManagedProcess(name, process, address, log_path)
+    return ManagedProcess(name, process, address, log_path, spawn)
+
+
+def start_supervised_redis(data_dir: Path, appendfsync: str = "everysec") -> ManagedProcess:
+    """The embedded redis-server as a ManagedProcess, restarted on the same port and data dir."""
+    server = start_redis(data_dir, appendfsync=appendfsync)
+
+    def spawn() -> subprocess.Popen:
+        return start_redis(data_dir, server.port, appendfsync=appendfsync).process
+
+    return ManagedProcess(
+        "redis", server.process, f"127.0.0.1:{server.port}", server.data_dir / "redis.log", spawn
+    )
 
 
 def wait_serving(
@@ -125,11 +235,15 @@ PORT_VARS = {
 
 @dataclass
 class Suite:
-    """Addresses and processes of a locally started suite. Every process is stopped by its pid."""
+    """Addresses and processes of a locally started suite. Every process is stopped by its pid.
+
+    With `restart` set, every process added is restarted when it exits (`ManagedProcess.supervise`).
+    """
 
     env: dict[str, str]
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     stack: ExitStack = field(default_factory=ExitStack)
+    restart: bool = False
 
     def client_tls(self) -> ClientTLS:
         """How this suite's clients reach its services (TLS_* from the suite's environment)."""
@@ -156,6 +270,8 @@ class Suite:
     def add(self, managed: ManagedProcess) -> ManagedProcess:
         self.processes[managed.name] = managed
         self.stack.callback(managed.stop)
+        if self.restart and managed.spawn is not None:
+            managed.supervise()
         return managed
 
     @property
@@ -172,6 +288,7 @@ class Suite:
                 self.env[addr_var] = f"127.0.0.1:{port}"
 
     def start_service(self, name: str, wait: bool = True, timeout: float = 180.0) -> ManagedProcess:
+        """Start `python -m services.<name>`; wait for gRPC SERVING (the gateway speaks HTTP: no wait)."""
         self.reserve_ports((name,))
         address = self.env[PORT_VARS[name][1]]
         argv = [sys.executable, "-m", f"services.{name}"]
@@ -223,6 +340,8 @@ def local_suite(
     services: tuple[str, ...] = ("modelserver", "encoder"),
     extra_env: dict[str, str] | None = None,
     auth: bool = True,
+    restart: bool = False,
+    redis_appendfsync: str = "everysec",
 ) -> Iterator[Suite]:
     """Redis (embedded unless redis_url is given), the model server, services and Celery workers.
 
@@ -230,20 +349,22 @@ def local_suite(
     stops); auth=False: ATELIER_AUTH=none, which the services accept on loopback only.
 
     Query services (decoder, retrieval, recommender) become SERVING only once a generation is
-    served, so callers usually start them with `suite.start_service` after encoding.
+    served, so callers usually start them with `suite.start_service` after encoding. The embedded
+    Redis is `suite.processes["redis"]`, with AOF (`redis_appendfsync`, compose's everysec by
+    default). `restart=True` restarts any process that dies, like compose's `unless-stopped`.
     """
     work_dir = Path(work_dir)
     suite = Suite(
         env={
             "ATELIER_LOG_DIR": str(work_dir / "logs"),
             "MODELS_DIR": str(Path(models_dir).resolve()),
-        }
+        },
+        restart=restart,
     )
     with suite.stack:
         if redis_url is None:
-            redis_server = start_redis(work_dir / "redis")
-            suite.stack.callback(redis_server.stop)
-            redis_url = redis_server.url
+            redis_server = suite.add(start_supervised_redis(work_dir / "redis", redis_appendfsync))
+            redis_url = f"redis://{redis_server.address}/0"
         suite.env["REDIS_URL"] = redis_url
         if auth:
             tokens = TokenStore.from_url(redis_url)

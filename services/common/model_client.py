@@ -9,10 +9,14 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from atelier.modelstore import DECODE_SIGNATURE, DECODER_NAME, ENCODE_SIGNATURE, ENCODER_NAME
+from atelier.modelinfo import DECODE_SIGNATURE, DECODER_NAME, ENCODE_SIGNATURE, ENCODER_NAME
+from atelier.tfserving.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from atelier.tfserving.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 from services.common.tls import ClientTLS, make_channel
 
 ENCODE_OUTPUTS = ("mu", "sigma", "z")

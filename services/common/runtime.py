@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,6 +160,33 @@ class RunningServer:
             self.health.set(name, status)
 
 
+class UnavailableOn(grpc.ServerInterceptor):
+    """Answer UNAVAILABLE (retry later), never UNKNOWN, when a backing store is unreachable.
+
+    `errors` are the store client's connection errors (for Redis: down, restarting, or still
+    loading its data); the reason names the store, never the error's text.
+    """
+
+    def __init__(self, errors: tuple[type[BaseException], ...], store: str):
+        self.errors = errors
+        self.message = f"{store} is unavailable; retry shortly"
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        def guarded(request, context):
+            try:
+                return inner(request, context)
+            except self.errors as exc:
+                log.warning("%s: %s", handler_call_details.method, exc)
+                context.abort(grpc.StatusCode.UNAVAILABLE, self.message)
+
+        return handler._replace(unary_unary=guarded)
+
+
 @contextmanager
 def grpc_server(
     register: Callable[[grpc.Server], None],
@@ -173,6 +200,7 @@ def grpc_server(
     tls: ServerTLS | None = None,
     *,
     auth: AuthSettings | None,
+    service_interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> Iterator[RunningServer]:
     """A started server with health (NOT_SERVING until the caller says so) and reflection.
 
@@ -181,6 +209,7 @@ def grpc_server(
     refused with a retry hint (services/common/backpressure.py). TLS or mutual TLS as `tls` says
     (default: from the environment, services/common/tls.py). `auth` is how callers are checked
     (services/common/auth.py); only the internal model server passes None (no check at all).
+    `service_interceptors` run last, next to the servicer (for example UnavailableOn).
     """
     if auth is not None:
         auth.check_bind(host, ", ".join(service_names))
@@ -198,6 +227,7 @@ def grpc_server(
         limiter,
         CallerErrors(),
         *server_interceptors(auth),
+        *service_interceptors,
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(

@@ -33,6 +33,7 @@ class Settings:
     task_soft_time_limit: int
     job_resume_interval: float
     auth: AuthSettings
+    requeue_after: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -61,6 +62,9 @@ class Settings:
             task_time_limit=env_int("TASK_TIME_LIMIT_SECONDS", 240),
             task_soft_time_limit=env_int("TASK_SOFT_TIME_LIMIT_SECONDS", 200),
             job_resume_interval=env_float("JOB_RESUME_INTERVAL_SECONDS", 30.0),
+            # An unfinished job this quiet, with nothing queued or running, lost tasks to a Redis
+            # crash: its missing items are queued again (atelier.jobs.requeue_lost).
+            requeue_after=env_float("JOB_REQUEUE_AFTER_SECONDS", 30.0),
             auth=AuthSettings.from_env(),
         )
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+import kombu.exceptions
+import redis
 
 from atelier import jobs
 from atelier.catalogue import ImageError, decode_image
@@ -17,7 +19,7 @@ from atelier.latent import NON_FINITE_CODE, finite_rows
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from services.common.model_client import ModelClient, ModelShape, status_of
-from services.common.runtime import RunningServer, grpc_server
+from services.common.runtime import RunningServer, UnavailableOn, grpc_server
 from services.encoder.config import Settings
 
 log = logging.getLogger(__name__)
@@ -254,17 +256,23 @@ def _unknown(job_id: str) -> str:
     return f"unknown job {shown!r} (job ids are 32 lowercase hex characters)"
 
 
-def resume_jobs(settings: Settings, store: CodeStore, enqueue, stop: threading.Event) -> None:
-    """Carry on the jobs an encoder left half-queued: at startup, then every interval."""
+def scan_jobs(settings: Settings, store: CodeStore, enqueue, stop: threading.Event) -> None:
+    """At startup, then every interval: carry on the jobs an encoder left half-queued, and queue
+    again the chunks of jobs whose tasks the queue lost (atelier.jobs.requeue_lost)."""
+    from services.encoder.tasks import queue_idle
+
     while True:
         try:
             resumed = jobs.resume(store, enqueue, settings.max_queued_chunks)
             if resumed:
                 log.info("resumed queueing: %s", resumed)
-        except Exception:
-            log.exception(
-                "the resume scan failed; next try in %.0f s", settings.job_resume_interval
+            jobs.requeue_lost(
+                store, enqueue, lambda: queue_idle(store.redis), settings.requeue_after
             )
+        except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+            log.warning("cannot scan the jobs yet: %s", exc)
+        except Exception:
+            log.exception("the job scan failed; next try in %.0f s", settings.job_resume_interval)
         if stop.wait(settings.job_resume_interval):
             return
 
@@ -283,11 +291,14 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
         settings.host,
         settings.port,
         auth=settings.auth,
+        service_interceptors=[
+            UnavailableOn((redis.ConnectionError, redis.TimeoutError), "the job store")
+        ],
     ) as running:
         store.redis.ping()
         model.shape()  # the model server answers: now we are ready
         scan = threading.Thread(
-            target=resume_jobs, args=(settings, store, enqueue, stop), name="resume", daemon=True
+            target=scan_jobs, args=(settings, store, enqueue, stop), name="job-scan", daemon=True
         )
         scan.start()
         running.set_serving(True)

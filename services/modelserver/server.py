@@ -14,13 +14,13 @@ from contextlib import contextmanager
 import grpc
 import tensorflow as tf
 from google.protobuf import any_pb2
-from tensorflow_serving.apis import (
+
+from atelier.modelstore import ServableInputError, ServableNotFound, ServableRegistry
+from atelier.tfserving.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-
-from atelier.modelstore import ServableInputError, ServableNotFound, ServableRegistry
 from services.common.runtime import MAX_MESSAGE_BYTES, RunningServer, grpc_server
 from services.modelserver.config import Settings
 

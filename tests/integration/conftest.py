@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from atelier.modelstore import DECODER_NAME, ENCODER_NAME, export_model, model_versions
+from atelier.modelinfo import DECODER_NAME, ENCODER_NAME, ModelConfig, model_versions
+from atelier.modelstore import export_model
 from atelier.processes import start_redis
 from atelier.store import CodeStore
-from atelier.vae import Autoencoder, ModelConfig
+from atelier.vae import Autoencoder
 from services.common.launcher import local_suite
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
-from atelier.modelstore import DECODE_SIGNATURE, DECODER_NAME
+from atelier.modelinfo import DECODE_SIGNATURE, DECODER_NAME
+from atelier.tfserving.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 from atelier.v1 import encoder_pb2, encoder_pb2_grpc
 from services.common.launcher import local_suite
 from services.common.model_client import to_tensor_proto

@@ -18,7 +18,7 @@ import grpc
 import pytest
 import yaml
 
-from atelier.modelstore import model_versions
+from atelier.modelinfo import model_versions
 from atelier.processes import free_port, start_redis
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc

@@ -275,12 +275,11 @@ def test_cancel_stops_a_job(stub, tiny_images, tmp_path):
 
 
 def test_model_server_speaks_tensorflow_serving_errors(encoding_suite):
-    from tensorflow_serving.apis import (
+    from atelier.tfserving.tensorflow_serving.apis import (
         get_model_metadata_pb2,
         predict_pb2,
         prediction_service_pb2_grpc,
     )
-
     from services.common.model_client import ModelClient, to_tensor_proto
 
     client = ModelClient(encoding_suite.env["MODEL_SERVER_ADDR"])

@@ -12,7 +12,8 @@ import pytest
 
 from atelier.catalogue import SplitSpec, prepare_dataset
 from atelier.evaluation import natural_sample, reconstruction_scores
-from atelier.modelstore import LoadedDecoder, LoadedEncoder, read_metadata
+from atelier.modelinfo import read_metadata
+from atelier.modelstore import LoadedDecoder, LoadedEncoder
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from atelier.modelstore import read_metadata
+from atelier.modelinfo import read_metadata
 from atelier.processes import free_port
 from atelier.store import CodeStore
 from atelier.v1 import (

@@ -18,7 +18,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from atelier.modelstore import model_versions
+from atelier.modelinfo import model_versions
 from atelier.processes import RedisTLS, free_port, start_redis, tls_redis_server_binary
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc

@@ -10,18 +10,11 @@ import tensorflow as tf
 from scipy.special import log_softmax
 
 from atelier.catalogue import prepare_dataset
-from atelier.modelstore import (
-    DECODER_NAME,
-    ENCODER_NAME,
-    METADATA_FILE,
-    LoadedDecoder,
-    LoadedEncoder,
-    export_model,
-    model_versions,
-)
+from atelier.modelinfo import DECODER_NAME, ENCODER_NAME, METADATA_FILE, ModelConfig, model_versions
+from atelier.modelstore import LoadedDecoder, LoadedEncoder, export_model
 from atelier.taxonomy import OTHER, Taxonomy
 from atelier.training import TrainConfig, train
-from atelier.vae import Autoencoder, ModelConfig, gaussian_kl, mixture_logits
+from atelier.vae import Autoencoder, gaussian_kl, mixture_logits
 
 
 @pytest.fixture(scope="module")
