@@ -302,8 +302,8 @@ def main() -> int:
         "wrong_answers: replies differing from the answers taken before the first kill. job_*: the "
         "job's accounting once finished (lost = neither code nor failure; duplicated = done and "
         "failed, outside the job, or counted past the total; wrong codes = differ from the same "
-        "image's code). Measured on a 2-CPU machine shared with a model-training job, so the "
-        "seconds are pessimistic and noisy.",
+        "image's code). The suite and the load clients share the machine's CPUs; "
+        "load_average_1m_at_kill says how busy they were at each kill.",
     }
     data = report.update("chaos", figures, command, report="reliability")
     print({victim: data["chaos"][victim] for victim in victims})

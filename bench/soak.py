@@ -133,8 +133,8 @@ def main() -> int:
         "loopback, every reply checked against reference answers. errors excludes "
         "RESOURCE_EXHAUSTED (documented back-pressure, counted in resource_exhausted). latency: "
         "successful calls. RSS: the process and its children, sampled every 30 s; growth from the "
-        "sample at 1 minute to the last. A run shorter than 10 minutes only checks the script; on "
-        "a CPU shared with other work (a model-training job) the figures are noisy.",
+        "sample at 1 minute to the last. A run shorter than 10 minutes only checks the script. The "
+        "suite and the load clients share the machine's CPUs (load_average_1m).",
     }
     data = report.update("soak", figures, command, report="reliability")
     print({k: data["soak"][k] for k in ("calls", "errors", "wrong_answers", "rss_growth_pct")})
