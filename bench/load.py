@@ -411,6 +411,9 @@ class Load:
         self.deadline = time.monotonic() + deadline_seconds
         self.pause = pause
         self.events: list[Event] = []
+        # What the first disallowed failures said (status details, the gateway's error and
+        # request id), so a rare error can be traced in the suite's logs.
+        self.failure_samples: list[dict[str, str]] = []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(
@@ -445,8 +448,15 @@ class Load:
                 outcome = WRONG
             except grpc.RpcError as exc:
                 outcome = exc.code().name
+                self._sample(kind, outcome, exc.details() or "")
             except (OSError, HTTPException, urllib.error.URLError) as exc:
                 outcome = http_outcome(exc)
+                body = (
+                    exc.read().decode(errors="replace")
+                    if isinstance(exc, urllib.error.HTTPError)
+                    else ""
+                )
+                self._sample(kind, outcome, body or str(exc))
             except Exception as exc:  # anything else is the client's surprise: an error too
                 log.exception("%s: unexpected failure", kind)
                 outcome = f"CLIENT_{type(exc).__name__}"
@@ -455,6 +465,12 @@ class Load:
             index += 1
             # After a failure wait a little, so a dead server is not hammered with instant refusals.
             self._stop.wait(self.pause if outcome == OK else max(self.pause, 0.05))
+
+    def _sample(self, kind: str, outcome: str, detail: str) -> None:
+        if outcome in (*ALLOWED_ERRORS, BACK_PRESSURE) or len(self.failure_samples) >= 20:
+            return
+        log.warning("%s: %s: %s", kind, outcome, detail[:500])
+        self.failure_samples.append({"kind": kind, "outcome": outcome, "detail": detail[:500]})
 
     def window(self, start: float, end: float) -> list[Event]:
         return [e for e in list(self.events) if start <= e.at < end]

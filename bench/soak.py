@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +46,7 @@ log = logging.getLogger("bench.soak")
 SAMPLE_SECONDS = 30.0
 BASE_SAMPLE_SECONDS = 60.0
 RSS_GROWTH_TARGET_PCT = 5.0
+LOGS_KEPT = Path(".bench-logs")  # git-ignored; a run with errors copies its suite logs here
 
 
 def growth_pct(series: list[tuple[float, float]]) -> float | None:
@@ -106,6 +108,10 @@ def main() -> int:
                 )
         events = load.window(started, float("inf"))
         restarted = sorted(n for n, p in suite.processes.items() if p.restarts != restarts[n])
+        if load.failure_samples:  # the suite's logs go with its temporary folder: keep them
+            kept = LOGS_KEPT / time.strftime("soak-%Y%m%dT%H%M%S")
+            shutil.copytree(suite.log_dir, kept)
+            log.warning("errors seen: the suite's logs are kept in %s", kept)
 
     summary = summarise(events)
     growth = {name: growth_pct(s) for name, s in series.items()}
@@ -124,6 +130,7 @@ def main() -> int:
         "rss_sample_seconds": [t for t, _ in series[PROCESSES[0]]],
         "load_average_1m": load_averages,
         "restarted": restarted,
+        "failure_samples": load.failure_samples,
         "targets_met": summary["errors"] == {}
         and summary["wrong_answers"] == 0
         and not restarted
