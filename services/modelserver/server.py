@@ -16,6 +16,7 @@ import tensorflow as tf
 from google.protobuf import any_pb2
 
 from atelier.modelstore import ServableInputError, ServableNotFound, ServableRegistry
+from atelier.tfserving.tensorflow.core.framework import types_pb2
 from atelier.tfserving.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     predict_pb2,
@@ -30,11 +31,20 @@ SERVICE_NAME = "tensorflow.serving.PredictionService"
 
 # A shape without values is filled with zeros: bound what a request may ask to allocate.
 MAX_INPUT_ELEMENTS = MAX_MESSAGE_BYTES // 4
+DTYPE_NAMES = set(types_pb2.DataType.values())
 
 
-def check_shape(key: str, tensor, max_batch: int) -> None:
-    """An input's declared shape before anything is allocated for it: known, non-negative
-    dimensions, at most max_batch rows and MAX_INPUT_ELEMENTS values."""
+def check_input(key: str, tensor, max_batch: int) -> None:
+    """An input's dtype and declared shape before anything is allocated for it: float (every
+    signature here takes DT_FLOAT, and numpy has no type for some of TensorFlow's), known,
+    non-negative dimensions, at most max_batch rows and MAX_INPUT_ELEMENTS values."""
+    if tensor.dtype != types_pb2.DT_FLOAT:
+        name = (
+            types_pb2.DataType.Name(tensor.dtype) if tensor.dtype in DTYPE_NAMES else tensor.dtype
+        )
+        raise ServableInputError(
+            f"input {key[:40]!r} has dtype {name}; the signatures take DT_FLOAT"
+        )
     dims = [d.size for d in tensor.tensor_shape.dim]
     if tensor.tensor_shape.unknown_rank or any(d < 0 for d in dims):
         raise ServableInputError(f"input {key[:40]!r} needs a fully known shape, got {dims}")
@@ -62,7 +72,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable = self._servable(request.model_spec, context)
         try:
             for key, tensor in request.inputs.items():
-                check_shape(key, tensor, self.max_batch)
+                check_input(key, tensor, self.max_batch)
         except ServableInputError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:

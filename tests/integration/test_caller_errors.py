@@ -74,7 +74,9 @@ def test_a_catalogue_csv_that_cannot_be_read_is_the_callers_error(suite, tiny_cs
             assert "build-system" not in caught.value.details()  # never quotes the file
 
 
-def _predict(suite, rows: int | None = None, dims: list[int] | None = None) -> grpc.RpcError:
+def _predict(
+    suite, rows: int | None = None, dims: list[int] | None = None, dtype: int = 1
+) -> grpc.RpcError:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = DECODER_NAME
     request.model_spec.signature_name = DECODE_SIGNATURE
@@ -82,7 +84,7 @@ def _predict(suite, rows: int | None = None, dims: list[int] | None = None) -> g
         request.inputs["z"].CopyFrom(to_tensor_proto(np.zeros((rows, 16), np.float32)))
     else:  # a declared shape with no values: zeros of that shape if nothing checked it
         tensor = request.inputs["z"]
-        tensor.dtype = 1  # DT_FLOAT
+        tensor.dtype = dtype  # 1: DT_FLOAT
         for size in dims:
             tensor.tensor_shape.dim.add(size=size)
     with grpc.insecure_channel(
@@ -108,6 +110,16 @@ def test_the_model_server_refuses_absurd_shapes_before_allocating(suite, dims):
     error = _predict(suite, dims=dims)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "input 'z'" in error.details()
+
+
+@pytest.mark.parametrize(
+    "dtype", [121, 21, 7, 999], ids=["variant_ref", "variant", "string", "none"]
+)
+def test_the_model_server_refuses_dtypes_the_signatures_do_not_take(suite, dtype):
+    # Found by bench/fuzz.py: DT_VARIANT_REF has no numpy type, and make_ndarray raised KeyError.
+    error = _predict(suite, dims=[1, 16], dtype=dtype)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "DT_FLOAT" in error.details()
 
 
 def test_the_model_server_caps_rows_per_predict(suite):
