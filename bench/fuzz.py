@@ -91,7 +91,8 @@ from services.common.tls import make_channel
 log = logging.getLogger("bench.fuzz")
 ROOT = Path(__file__).resolve().parents[1]
 FAILING_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-QUERY_SERVICES = ("decoder", "retrieval", "recommender")
+# Started once a generation is served; personalization is fuzzed without a trained model.
+QUERY_SERVICES = ("decoder", "retrieval", "recommender", "personalization")
 MAX_RECORDED_FAILURES = 20
 MODEL_SERVER_MODULE = "atelier.tfserving.tensorflow_serving.apis.prediction_service_pb2"
 ADDRESS_VARS = {"tensorflow.serving.PredictionService": "MODEL_SERVER_ADDR"}

@@ -30,6 +30,7 @@ SUITE_NAMES = (
     "decoder",
     "retrieval",
     "recommender",
+    "personalization",
     "gateway",
 )
 

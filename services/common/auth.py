@@ -46,6 +46,16 @@ METHOD_ROLES: dict[str, Role] = {
     "/atelier.v1.DecoderService/ListCategories": READER,
     "/atelier.v1.RetrievalService/Search": READER,
     "/atelier.v1.RecommenderService/Recommend": READER,
+    "/atelier.v1.PersonalizationService/RecordInteractions": WRITER,
+    "/atelier.v1.PersonalizationService/ImportInteractions": WRITER,
+    "/atelier.v1.PersonalizationService/GetPersonalizationJob": READER,
+    "/atelier.v1.PersonalizationService/TrainPreferenceModel": ADMIN,
+    "/atelier.v1.PersonalizationService/ListPreferenceModels": READER,
+    "/atelier.v1.PersonalizationService/ServePreferenceModel": ADMIN,
+    "/atelier.v1.PersonalizationService/ListUsers": READER,
+    "/atelier.v1.PersonalizationService/RankForUser": READER,
+    "/atelier.v1.PersonalizationService/SimilarForUser": READER,
+    "/atelier.v1.PersonalizationService/DesignForUser": READER,
 }
 OPEN_SERVICES = frozenset(
     {

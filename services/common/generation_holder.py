@@ -20,17 +20,25 @@ log = logging.getLogger(__name__)
 
 
 class GenerationHolder:
+    """Holds whatever `build(version)` makes of the version `store.served_version()` names.
+
+    The personalization service holds its served preference model with it too: there `store` is
+    a PreferenceStore and `channel` the preference models' announcements.
+    """
+
     def __init__(
         self,
         store: CodeStore,
         build: Callable[[int], Generation],
         on_change: Callable[[Generation], None] | None = None,
         poll_seconds: float = 5.0,
+        channel: str = GENERATION_CHANNEL,
     ):
         self.store = store
         self._build = build
         self._on_change = on_change
         self._poll_seconds = poll_seconds
+        self._channel = channel
         self._current: Generation | None = None
         self._lock = threading.Lock()  # one rebuild at a time; readers never take it
         self._stop = threading.Event()
@@ -74,7 +82,7 @@ class GenerationHolder:
         while not self._stop.is_set():
             pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(GENERATION_CHANNEL)
+                pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=self._poll_seconds)
                     if message and message.get("type") == "message":

@@ -215,11 +215,19 @@ def wait_http(url: str, managed: ManagedProcess | None = None, timeout: float = 
     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
-def celery_worker_argv(concurrency: int = 1, name: str = "worker") -> list[str]:
+def celery_worker_argv(
+    concurrency: int = 1,
+    name: str = "worker",
+    app: str = "services.encoder.tasks",
+    queues: str | None = None,
+) -> list[str]:
+    """A Celery worker's command line: the encoder's by default, or another `app` (module or
+    module:attribute) consuming `queues` (comma-separated)."""
     return [
-        sys.executable, "-m", "celery", "-A", "services.encoder.tasks", "worker",
+        sys.executable, "-m", "celery", "-A", app, "worker",
         "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
         "--hostname", f"{name}-{os.getpid()}-{free_port()}@%h", "--without-gossip", "--without-mingle",
+        *(["--queues", queues] if queues else []),
     ]  # fmt: skip
 
 
@@ -229,6 +237,7 @@ PORT_VARS = {
     "decoder": ("DECODER_PORT", "DECODER_ADDR"),
     "retrieval": ("RETRIEVAL_PORT", "RETRIEVAL_ADDR"),
     "recommender": ("RECOMMENDER_PORT", "RECOMMENDER_ADDR"),
+    "personalization": ("PERSONALIZATION_PORT", "PERSONALIZATION_ADDR"),
     "gateway": ("GATEWAY_PORT", "GATEWAY_ADDR"),
 }
 
@@ -318,10 +327,15 @@ class Suite:
             wait_http(f"http://{env['GATEWAY_ADDR']}{ready_path}", managed, timeout)
         return managed
 
-    def start_worker(self, name: str, concurrency: int = 1) -> ManagedProcess:
-        return self.add(
-            start_process(name, celery_worker_argv(concurrency, name), self.env, self.log_dir)
-        )
+    def start_worker(
+        self,
+        name: str,
+        concurrency: int = 1,
+        app: str = "services.encoder.tasks",
+        queues: str | None = None,
+    ) -> ManagedProcess:
+        argv = celery_worker_argv(concurrency, name, app, queues)
+        return self.add(start_process(name, argv, self.env, self.log_dir))
 
 
 def _revoke_quietly(tokens: TokenStore, name: str) -> None:

@@ -5,10 +5,12 @@ Works against the embedded model server and a real `tensorflow/serving` containe
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from PIL import Image
 
 from atelier.modelinfo import DECODE_SIGNATURE, DECODER_NAME, ENCODE_SIGNATURE, ENCODER_NAME
 from atelier.tfserving.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -138,6 +140,14 @@ class ModelClient:
         shape = ModelShape(served, dims[1], dims[2], latent)
         self._shapes[(decoder, served)] = shape
         return shape
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """A decoded image (H, W, 3) in [0, 1] as PNG bytes."""
+    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)  # speed over a few bytes
+    return buffer.getvalue()
 
 
 def status_of(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:

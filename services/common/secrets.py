@@ -18,9 +18,14 @@ from pathlib import Path
 from atelier.auth import Role, TokenStore
 
 # name -> role. The bootstrap encodes and serves the first generation (admin); retrieval and
-# recommender call the encoder for queries by photo (reader). The gateway passes each caller's
-# own token on, so it needs none of its own.
-DEFAULT_SECRETS = {"admin": "admin", "retrieval": "reader", "recommender": "reader"}
+# recommender call the encoder for queries by photo, personalization calls the recommender
+# (reader). The gateway passes each caller's own token on, so it needs none of its own.
+DEFAULT_SECRETS = {
+    "admin": "admin",
+    "retrieval": "reader",
+    "recommender": "reader",
+    "personalization": "reader",
+}
 
 
 def _write_private(path: Path, text: str) -> None:

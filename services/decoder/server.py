@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
 import numpy as np
-from PIL import Image
 
 from atelier import generation as generations
 from atelier.generation import Generation
@@ -19,20 +17,13 @@ from atelier.sliders import slider_basis
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, decoder_pb2, decoder_pb2_grpc
 from services.common.generation_holder import GenerationHolder
-from services.common.model_client import ModelClient, status_of
+from services.common.model_client import ModelClient, status_of, to_png
 from services.common.queries import category_message, item_message
 from services.common.runtime import RunningServer, grpc_server
 from services.decoder.config import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name
-
-
-def to_png(image: np.ndarray) -> bytes:
-    pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)  # speed over a few bytes
-    return buffer.getvalue()
 
 
 class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):

@@ -23,6 +23,7 @@ class Settings:
     decoder_addr: str
     retrieval_addr: str
     recommender_addr: str
+    personalization_addr: str
     host: str
     port: int
     timeout: float
@@ -42,6 +43,7 @@ class Settings:
             decoder_addr=env_str("DECODER_ADDR", "127.0.0.1:50052"),
             retrieval_addr=env_str("RETRIEVAL_ADDR", "127.0.0.1:50053"),
             recommender_addr=env_str("RECOMMENDER_ADDR", "127.0.0.1:50054"),
+            personalization_addr=env_str("PERSONALIZATION_ADDR", "127.0.0.1:50055"),
             host=env_str("GATEWAY_HOST", "127.0.0.1"),
             port=env_int("GATEWAY_PORT", 8080),
             timeout=env_float("GATEWAY_TIMEOUT_SECONDS", 10.0),

@@ -15,6 +15,7 @@ whole (so keep-alive stays in sync) and routed (404/405 first). The page and /he
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import logging
@@ -36,10 +37,18 @@ import redis
 
 from atelier.auth import Role, TokenStore
 from atelier.store import CodeStore
-from services.common.auth import METHOD_ROLES, Denied, TokenCache, authorize, bearer_token
+from atelier.v1 import personalization_pb2, personalization_pb2_grpc
+from services.common.auth import (
+    METHOD_ROLES,
+    Denied,
+    TokenCache,
+    authorize,
+    bearer_token,
+    with_token,
+)
 from services.common.backpressure import RETRY_AFTER_KEY
 from services.common.client import METHODS, Addresses, AtelierClient, make_query
-from services.common.tls import https_context
+from services.common.tls import https_context, make_channel
 from services.gateway.config import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,11 @@ ROUTE_ROLES: dict[tuple[str, str], Role] = {
     ("POST", "/api/recommend"): METHOD_ROLES["/atelier.v1.RecommenderService/Recommend"],
     ("POST", "/api/encode"): METHOD_ROLES["/atelier.v1.EncoderService/Encode"],
     ("POST", "/api/generations/serve"): METHOD_ROLES["/atelier.v1.EncoderService/ServeGeneration"],
+    ("GET", "/api/users"): METHOD_ROLES["/atelier.v1.PersonalizationService/ListUsers"],
+    ("POST", "/api/for-you"): METHOD_ROLES["/atelier.v1.PersonalizationService/RankForUser"],
+    ("POST", "/api/design-for-me"): METHOD_ROLES[
+        "/atelier.v1.PersonalizationService/DesignForUser"
+    ],
 }
 AUTH_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
@@ -124,12 +138,15 @@ GET_ROUTES = {
     "/api/start": "start",
     "/api/image/": "image",
     "/api/generations": "generations",
+    "/api/users": "users",
 }
 POST_ROUTES = {
     "/api/encode": "encode",
     "/api/decode": "decode",
     "/api/recommend": "recommend",
     "/api/generations/serve": "serve_generation",
+    "/api/for-you": "for_you",
+    "/api/design-for-me": "design_for_me",
 }
 
 
@@ -299,6 +316,13 @@ def str_field(request: dict[str, Any], name: str, default: str, choices: dict | 
     return text(request.get(name, default), name, choices)
 
 
+def _required_text(request: dict[str, Any], name: str) -> str:
+    value = str_field(request, name, "")
+    if not value:
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"{name} is required")
+    return value
+
+
 def query_params(query: str) -> dict[str, str]:
     try:
         parsed = parse_qs(query, max_num_fields=20)
@@ -361,6 +385,12 @@ def _item_json(scored) -> dict:
     }
 
 
+def _fallback_name(value: int) -> str:
+    if value == personalization_pb2.FALLBACK_POPULARITY:
+        return "popularity"
+    return "none"
+
+
 def _category_json(category) -> dict:
     return {
         "sub_category": category.sub_category,
@@ -386,6 +416,9 @@ class Gateway:
             timeout=settings.timeout,
             token="",  # each request passes its caller's token on (as_caller)
         )
+        # The personalization service is optional: without it, its routes answer 503.
+        self._personal_channel = make_channel(settings.personalization_addr, retry_overload=True)
+        self.personal = personalization_pb2_grpc.PersonalizationServiceStub(self._personal_channel)
         self.store = CodeStore.from_url(settings.redis_url)
         self.tokens = (
             TokenCache(TokenStore.from_url(settings.redis_url), settings.auth.cache_seconds)
@@ -403,7 +436,14 @@ class Gateway:
         """This gateway, calling the services with the caller's token."""
         view = copy.copy(self)
         view.client = self.client.for_token(token)
+        view.personal = personalization_pb2_grpc.PersonalizationServiceStub(
+            with_token(self._personal_channel, token)
+        )
         return view
+
+    def close(self) -> None:
+        self.client.close()
+        self._personal_channel.close()
 
     def categories(self) -> dict:
         reply = self.client.list_categories()
@@ -476,6 +516,48 @@ class Gateway:
     def serve_generation(self, version: int) -> dict:
         reply = self.client.serve_generation(version)
         return {"model_version": reply.model_version, "previous_version": reply.previous_version}
+
+    def users(self) -> dict:
+        reply = self.personal.ListUsers(
+            personalization_pb2.ListUsersRequest(limit=20), timeout=self.settings.timeout
+        )
+        return {
+            "users": [{"user_id": u.user_id, "interactions": u.interactions} for u in reply.users],
+            "preference_version": reply.preference_version,
+        }
+
+    def for_you(self, user_id: str, k: int, category: str) -> dict:
+        reply = self.personal.RankForUser(
+            personalization_pb2.RankForUserRequest(user_id=user_id, k=k, category=category),
+            timeout=self.settings.timeout,
+        )
+        return {
+            "items": [_item_json(s) for s in reply.items],
+            "fallback": _fallback_name(reply.fallback),
+            "preference_version": reply.preference_version,
+            "model_version": reply.model_version,
+        }
+
+    def design_for_me(self, user_id: str, category: str, item_id: str) -> dict:
+        request = personalization_pb2.DesignForUserRequest(user_id=user_id)
+        if item_id:
+            request.item_id = item_id
+        else:
+            request.category = category
+        reply = self.personal.DesignForUser(request, timeout=self.settings.timeout)
+        return {
+            "png_base64": base64.b64encode(reply.png).decode(),
+            "code": list(reply.code.values),
+            "score": reply.score,
+            "start_score": reply.start_score,
+            "best_item_score": reply.best_item_score,
+            "best_item": _item_json(reply.best_item),
+            "nearest": [_item_json(s) for s in reply.nearest],
+            "max_abs_sigma": reply.max_abs_sigma,
+            "category": reply.category,
+            "preference_version": reply.preference_version,
+            "model_version": reply.model_version,
+        }
 
     def image(self, item_id: str) -> tuple[bytes, str] | None:
         """An item's image file and its content type, looked up by id; None when there is none.
@@ -694,6 +776,29 @@ def make_handler(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
             version = int_field(request, "model_version", 0, 0, 2**63 - 1)
             self._json(HTTPStatus.OK, self.api.serve_generation(version))
 
+        def users(self, path: str, query: str, body: bytes) -> None:
+            self._json(HTTPStatus.OK, self.api.users())
+
+        def for_you(self, path: str, query: str, body: bytes) -> None:
+            request = parse_json_object(body)
+            check_fields(request, {"user_id", "k", "category"})
+            reply = self.api.for_you(
+                _required_text(request, "user_id"),
+                int_field(request, "k", 8, 1, 1000),
+                str_field(request, "category", ""),
+            )
+            self._json(HTTPStatus.OK, reply)
+
+        def design_for_me(self, path: str, query: str, body: bytes) -> None:
+            request = parse_json_object(body)
+            check_fields(request, {"user_id", "category", "item_id"})
+            category = str_field(request, "category", "")
+            item_id = str_field(request, "item_id", "")
+            if not category and not item_id:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "give a category or an item_id")
+            reply = self.api.design_for_me(_required_text(request, "user_id"), category, item_id)
+            self._json(HTTPStatus.OK, reply)
+
         def start(self, path: str, query: str, body: bytes) -> None:
             params = query_params(query)
             category = text(params.get("category", ""), "category")
@@ -803,4 +908,4 @@ def run_server(settings: Settings) -> Iterator[ThreadingHTTPServer]:
     finally:
         server.shutdown()
         server.server_close()
-        gateway.client.close()
+        gateway.close()

@@ -195,11 +195,16 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
         assert "redis-password: kept" in made.stdout, made.stdout
         assert (secrets / "redis-password").read_text().strip() == REDIS_PASSWORD
         files = sorted(secrets.glob("*.token"))
-        assert {f.name for f in files} == {"admin.token", "retrieval.token", "recommender.token"}
+        assert {f.name for f in files} == {
+            "admin.token",
+            "retrieval.token",
+            "recommender.token",
+            "personalization.token",
+        }
         assert all(f.stat().st_mode & 0o777 == 0o400 for f in files)
         before = {f.name: f.read_text() for f in files}
         again = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
-        assert again.returncode == 0 and again.stdout.count(": kept") == 4, again.stdout
+        assert again.returncode == 0 and again.stdout.count(": kept") == 5, again.stdout
         assert {f.name: f.read_text() for f in files} == before
         for name in ("modelserver", "encoder"):
             wait_serving(launch(name), timeout=300)

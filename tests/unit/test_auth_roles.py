@@ -36,8 +36,8 @@ def test_every_rpc_of_every_service_has_a_role():
 
 
 def test_roles_follow_the_issue():
-    writer = {"SubmitCatalogue", "CancelJob"}
-    admin = {"ServeGeneration", "RemoveGeneration"}
+    writer = {"SubmitCatalogue", "CancelJob", "RecordInteractions", "ImportInteractions"}
+    admin = {"ServeGeneration", "RemoveGeneration", "TrainPreferenceModel", "ServePreferenceModel"}
     for method, role in METHOD_ROLES.items():
         name = method.rsplit("/", 1)[1]
         expected = Role.ADMIN if name in admin else Role.WRITER if name in writer else Role.READER

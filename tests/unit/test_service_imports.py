@@ -18,6 +18,8 @@ MODULES = (
     "services.decoder.server",
     "services.retrieval.server",
     "services.recommender.server",
+    "services.personalization.server",
+    "services.personalization.tasks",
     "services.gateway.server",
 )
 

@@ -1,0 +1,1 @@
+"""PersonalizationService: interactions, preference models trained by Celery, "for you" serving."""

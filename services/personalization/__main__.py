@@ -1,0 +1,15 @@
+"""Run the personalization gRPC service: `python -m services.personalization`."""
+
+from services.common.runtime import configure_logging, wait_for_shutdown
+from services.personalization.config import Settings
+from services.personalization.server import run_server
+
+
+def main() -> None:
+    configure_logging()
+    with run_server(Settings.from_env()) as running:
+        wait_for_shutdown(running)
+
+
+if __name__ == "__main__":
+    main()
