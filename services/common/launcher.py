@@ -240,6 +240,11 @@ PORT_VARS = {
     "personalization": ("PERSONALIZATION_PORT", "PERSONALIZATION_ADDR"),
     "gateway": ("GATEWAY_PORT", "GATEWAY_ADDR"),
 }
+# Personalisation's Celery workers, as compose runs them: (app, queue) by process name.
+PERSONALIZATION_WORKERS = {
+    "importer": ("services.personalization.tasks:import_app", "atelier.import"),
+    "trainer": ("services.personalization.tasks:train_app", "atelier.train"),
+}
 
 
 @dataclass
@@ -336,6 +341,12 @@ class Suite:
     ) -> ManagedProcess:
         argv = celery_worker_argv(concurrency, name, app, queues)
         return self.add(start_process(name, argv, self.env, self.log_dir))
+
+    def start_personalization(self, timeout: float = 180.0) -> ManagedProcess:
+        """The personalization service with its import and training workers."""
+        for name, (app, queue) in PERSONALIZATION_WORKERS.items():
+            self.start_worker(name, app=app, queues=queue)
+        return self.start_service("personalization", timeout=timeout)
 
 
 def _revoke_quietly(tokens: TokenStore, name: str) -> None:

@@ -33,12 +33,10 @@ from atelier.v1 import (
 from atelier.v1 import (
     personalization_pb2 as pb,
 )
-from services.common.launcher import local_suite
+from services.common.launcher import PERSONALIZATION_WORKERS, local_suite
 
 pytestmark = pytest.mark.integration
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-IMPORT_APP = "services.personalization.tasks:import_app"
-TRAIN_APP = "services.personalization.tasks:train_app"
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +64,7 @@ def suite(tmp_path_factory, models_dir, tiny_csv):
                 time.sleep(0.3)
         CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)
         suite.start_service("recommender")
-        suite.start_service("personalization")
-        suite.start_worker("importer", app=IMPORT_APP, queues="atelier.import")
-        suite.start_worker("trainer", app=TRAIN_APP, queues="atelier.train")
+        suite.start_personalization()
         # /healthz needs the decoder and retrieval, which this suite does not run: the page will do.
         suite.start_gateway(extra_env={"GATEWAY_IMAGE_ROOT": str(tiny_csv.parent)}, ready_path="/")
         yield suite
@@ -200,7 +196,8 @@ def test_killing_the_importer_with_kill_9_loses_no_event(suite, stub, history):
         time.sleep(0.05)
     assert job.state == common_pb2.JOB_STATE_RUNNING, "the import finished before the kill"
     suite.processes["importer"].kill_tree()
-    suite.start_worker("importer2", app=IMPORT_APP, queues="atelier.import")
+    app, queue = PERSONALIZATION_WORKERS["importer"]
+    suite.start_worker("importer2", app=app, queues=queue)
     job = _wait(stub, job_id)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.reason
     events = simulation.events
