@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 import redis
-from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from atelier import jobs
 from atelier.store import CodeStore
-from services.common.redisconf import celery_broker
+from services.common.celery_app import make_celery_app
 from services.encoder.config import Settings
 
 if TYPE_CHECKING:
@@ -40,36 +39,15 @@ class TransientModelError(Exception):
     """The model server was unreachable or too slow; the chunk is retried."""
 
 
-def make_app(settings: Settings) -> Celery:
-    broker, broker_ssl = celery_broker(settings.redis_url)
-    app = Celery("atelier", broker=broker)
-    app.conf.update(
-        broker_use_ssl=broker_ssl,  # None unless rediss://
-        task_acks_late=True,  # a chunk is acknowledged only after its codes are written
-        task_reject_on_worker_lost=True,  # redelivered; jobs.poisoned caps how often
-        task_time_limit=settings.task_time_limit,  # the worker process is killed past this
-        task_soft_time_limit=settings.task_soft_time_limit,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_default_queue=QUEUE,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            # Look for chunks of dead workers (unacknowledged past the visibility timeout) every
-            # few seconds: kombu's default looks every 10 s but only acts every 10th time, so a
-            # killed worker's chunk waited up to ~100 s more (the chaos benchmark measured it).
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 2)),
-            "unacked_restore_throttle": 1,
-        },
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_serializer="json",
-        accept_content=["json"],
-    )
-    return app
-
-
 settings = Settings.from_env()
-app = make_app(settings)
+app = make_celery_app(
+    "atelier",
+    settings.redis_url,
+    QUEUE,
+    settings.visibility_timeout,
+    settings.task_time_limit,
+    settings.task_soft_time_limit,
+)
 
 
 @functools.cache

@@ -20,13 +20,12 @@ import logging
 import time
 
 import redis
-from celery import Celery
 
 from atelier import personal_jobs
 from atelier.interactions import InteractionLog
 from atelier.personal_store import PreferenceStore
 from atelier.store import CodeStore
-from services.common.redisconf import celery_broker
+from services.common.celery_app import make_celery_app
 from services.personalization.config import Settings
 
 log = logging.getLogger(__name__)
@@ -35,45 +34,23 @@ TRAIN_QUEUE = "atelier.train"
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 
 
-def make_app(
-    settings: Settings, name: str, queue: str, visibility_timeout: int, time_limit: int | None
-) -> Celery:
-    broker, broker_ssl = celery_broker(settings.redis_url)
-    app = Celery(name, broker=broker, set_as_current=False)
-    app.conf.update(
-        broker_use_ssl=broker_ssl,
-        task_acks_late=True,  # acknowledged only once the job's state is written
-        task_reject_on_worker_lost=True,  # redelivered; MAX_JOB_DELIVERIES caps crash loops
-        task_time_limit=time_limit,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_default_queue=queue,
-        broker_transport_options={
-            "visibility_timeout": visibility_timeout,
-            "unacked_restore_interval": max(1, min(10, visibility_timeout // 2)),
-            "unacked_restore_throttle": 1,
-            "unacked_key": f"{queue}:unacked",
-            "unacked_index_key": f"{queue}:unacked_index",
-            "unacked_mutex_key": f"{queue}:unacked_mutex",
-        },
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_serializer="json",
-        accept_content=["json"],
-    )
-    return app
-
-
 settings = Settings.from_env()
-import_app = make_app(
-    settings, "atelier-import", IMPORT_QUEUE, settings.import_visibility_timeout, None
+import_app = make_celery_app(
+    "atelier-import",
+    settings.redis_url,
+    IMPORT_QUEUE,
+    settings.import_visibility_timeout,
+    unacked_prefix=IMPORT_QUEUE,
+    set_as_current=False,
 )
-train_app = make_app(
-    settings,
+train_app = make_celery_app(
     "atelier-train",
+    settings.redis_url,
     TRAIN_QUEUE,
     settings.train_visibility_timeout,
     settings.train_time_limit,
+    unacked_prefix=TRAIN_QUEUE,
+    set_as_current=False,
 )
 
 
