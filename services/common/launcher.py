@@ -342,6 +342,22 @@ class Suite:
         argv = celery_worker_argv(concurrency, name, app, queues)
         return self.add(start_process(name, argv, self.env, self.log_dir))
 
+    def encode(self, request, timeout: float = 300.0):
+        """Submit a catalogue job (an encoder_pb2.SubmitCatalogueRequest) and wait until it
+        succeeds; returns the finished Job (a failed job raises)."""
+        from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+
+        with self.channel("encoder") as channel:
+            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+            job = stub.SubmitCatalogue(request, timeout=60)
+            deadline = time.monotonic() + timeout
+            while job.state != common_pb2.JOB_STATE_SUCCEEDED:
+                if job.state == common_pb2.JOB_STATE_FAILED or time.monotonic() > deadline:
+                    raise RuntimeError(f"catalogue job {job.job_id} did not succeed: {job}")
+                time.sleep(0.2)
+                job = stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5)
+        return job
+
     def start_personalization(self, timeout: float = 180.0) -> ManagedProcess:
         """The personalization service with its import and training workers."""
         for name, (app, queue) in PERSONALIZATION_WORKERS.items():

@@ -21,7 +21,6 @@ from atelier.modelinfo import read_metadata
 from atelier.processes import free_port
 from atelier.store import CodeStore
 from atelier.v1 import (
-    common_pb2,
     decoder_pb2_grpc,
     encoder_pb2,
     encoder_pb2_grpc,
@@ -109,18 +108,7 @@ def suite(tmp_path_factory, models_dir, tiny_csv):
     with local_suite(work, models_dir, workers=1, extra_env=env) as suite:
         assert suite.token, "the launcher makes an admin token with auth on"
         TOKEN["value"] = suite.token
-        with suite.channel("encoder") as channel:
-            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
-            job = stub.SubmitCatalogue(
-                encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)), timeout=60
-            )
-            deadline = time.monotonic() + 300
-            while (
-                stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5).state
-                != common_pb2.JOB_STATE_SUCCEEDED
-            ):
-                assert time.monotonic() < deadline
-                time.sleep(0.3)
+        job = suite.encode(encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)))
         CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)
         for name in ("decoder", "retrieval", "recommender"):
             suite.start_service(name)

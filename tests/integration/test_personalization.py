@@ -27,7 +27,6 @@ from atelier.store import CodeStore
 from atelier.v1 import (
     common_pb2,
     encoder_pb2,
-    encoder_pb2_grpc,
     personalization_pb2_grpc,
 )
 from atelier.v1 import (
@@ -50,18 +49,7 @@ def suite(tmp_path_factory, models_dir, tiny_csv):
         "IMPORT_BATCH_ROWS": "50",
     }
     with local_suite(work, models_dir, workers=1, extra_env=env) as suite:
-        with suite.channel("encoder") as channel:
-            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
-            job = stub.SubmitCatalogue(
-                encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)), timeout=60
-            )
-            deadline = time.monotonic() + 300
-            while (
-                stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5).state
-                != common_pb2.JOB_STATE_SUCCEEDED
-            ):
-                assert time.monotonic() < deadline
-                time.sleep(0.3)
+        job = suite.encode(encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)))
         CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)
         suite.start_service("recommender")
         suite.start_personalization()

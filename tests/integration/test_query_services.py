@@ -20,7 +20,6 @@ from atelier.v1 import (
     decoder_pb2,
     decoder_pb2_grpc,
     encoder_pb2,
-    encoder_pb2_grpc,
     recommender_pb2,
     recommender_pb2_grpc,
     retrieval_pb2,
@@ -48,36 +47,27 @@ def query_suite(tmp_path_factory, two_version_models, tiny_csv, tiny_images):
     with local_suite(
         work, two_version_models, workers=1, extra_env={"KMEANS_K": str(KMEANS_K)}
     ) as suite:
-        with suite.channel("encoder") as channel:
-            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
-            requests = [
-                encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv), model_version=v)
-                for v in (1, 2)
-            ]
-            # Two items with no labels at all: their categories are predicted from their codes.
-            requests.append(
-                encoder_pb2.SubmitCatalogueRequest(
-                    entries=encoder_pb2.CatalogueEntries(
-                        entries=[
-                            encoder_pb2.CatalogueEntry(
-                                item=common_pb2.Item(item_id=new_id),
-                                image=(tiny_images / f"{photo}.jpg").read_bytes(),
-                            )
-                            for new_id, photo in UNLABELLED.items()
-                        ]
-                    ),
-                    model_version=1,
-                )
+        requests = [
+            encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv), model_version=v)
+            for v in (1, 2)
+        ]
+        # Two items with no labels at all: their categories are predicted from their codes.
+        requests.append(
+            encoder_pb2.SubmitCatalogueRequest(
+                entries=encoder_pb2.CatalogueEntries(
+                    entries=[
+                        encoder_pb2.CatalogueEntry(
+                            item=common_pb2.Item(item_id=new_id),
+                            image=(tiny_images / f"{photo}.jpg").read_bytes(),
+                        )
+                        for new_id, photo in UNLABELLED.items()
+                    ]
+                ),
+                model_version=1,
             )
-            for request in requests:
-                job = stub.SubmitCatalogue(request, timeout=60)
-                deadline = time.monotonic() + 180
-                while (
-                    stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5).state
-                    != common_pb2.JOB_STATE_SUCCEEDED
-                ):
-                    assert time.monotonic() < deadline
-                    time.sleep(0.2)
+        )
+        for request in requests:
+            suite.encode(request, timeout=180)
         CodeStore.from_url(suite.env["REDIS_URL"]).serve(1)
         for name in ("retrieval", "recommender", "decoder"):
             suite.start_service(name)
