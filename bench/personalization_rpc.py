@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from atelier.catalogue import read_catalogue_csv
@@ -71,10 +72,7 @@ def main() -> None:
                 )  # fmt: skip
             CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)
             suite.start_service("recommender")
-            suite.start_service("personalization")
-            app = "services.personalization.tasks"
-            suite.start_worker("importer", app=f"{app}:import_app", queues="atelier.import")
-            suite.start_worker("trainer", app=f"{app}:train_app", queues="atelier.train")
+            suite.start_personalization()
             items = read_catalogue_csv(catalogue)
             simulation = simulate(items, SimulatorParams(n_users=args.users, seed=0))
             history = Path(work) / "history.csv"
@@ -102,12 +100,22 @@ def main() -> None:
                 )
                 if trained.state != common_pb2.JOB_STATE_SUCCEEDED:
                     raise SystemExit(f"training failed: {trained.reason}")
+
+                def served_version() -> int | None:
+                    try:
+                        reply = stub.ListUsers(pb.ListUsersRequest(limit=1), timeout=10)
+                    except grpc.RpcError as exc:  # still loading: UNAVAILABLE until it is
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                            raise
+                        return None
+                    return reply.preference_version
+
                 _wait(
-                    lambda: stub.ListUsers(pb.ListUsersRequest(limit=1000), timeout=10),
-                    lambda r: r.preference_version == trained.preference_version,
-                    300,
+                    served_version,
+                    lambda version: version == trained.preference_version,
+                    600,
                     "loading the model",
-                )  # fmt: skip
+                )
                 users = [u.user_id for u in stub.ListUsers(
                     pb.ListUsersRequest(limit=1000), timeout=10).users]  # fmt: skip
                 categories = sorted({i.sub_category for i in items if i.sub_category})

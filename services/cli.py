@@ -526,6 +526,10 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     decode.add_argument("-o", "--output", type=Path, default=Path("decoded.png"))
     decode.set_defaults(handler=cmd_decode)
 
+    from services.cli_personal import add_personalization_commands
+
+    add_personalization_commands(commands)
+
 
 def main(argv: list[str] | None = None) -> int:
     return model_cli.main(argv, model_cli.build_parser(add_service_commands))

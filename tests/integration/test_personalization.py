@@ -8,6 +8,8 @@ import base64
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -343,3 +345,46 @@ def test_the_studio_routes_for_you_and_design_for_me(suite, trained):
     with pytest.raises(urllib.error.HTTPError) as bad:
         _http(suite, "/api/for-you", {"k": 4})
     assert bad.value.code == 400
+
+
+def _cli(suite, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PERSONALIZATION_ADDR": suite.env["PERSONALIZATION_ADDR"],
+        "ATELIER_TOKEN": suite.token or "",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_the_cli_lists_ranks_and_designs_for_a_user(suite, trained, tmp_path):
+    job, users = trained
+    listed = _cli(suite, "preferences", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert f"* {job.preference_version:>4}  vbpr_codes" in listed.stdout
+    user = users.users[0].user_id
+    ranked = _cli(suite, "for-you", "--user", user, "-k", "3")
+    assert ranked.returncode == 0, ranked.stderr
+    assert f"preference model {job.preference_version}" in ranked.stdout
+    assert (
+        len([line for line in ranked.stdout.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")])
+        == 3
+    )
+    new = _cli(suite, "for-you", "--user", "nobody-yet", "-k", "3")
+    assert "popularity: no history" in new.stdout
+    design = tmp_path / "design.png"
+    made = _cli(
+        suite, "design-for", "--user", user, "-o", str(design), "--item", users.users[0].user_id
+    )
+    assert made.returncode == 2 and "NOT_FOUND" in made.stderr  # a user id is not an item id
+    first_item = ranked.stdout.splitlines()[1].split()[1]
+    made = _cli(suite, "design-for", "--user", user, "--item", first_item, "-o", str(design))
+    assert made.returncode == 0, made.stderr
+    assert design.read_bytes().startswith(b"\x89PNG") and "nearest catalogue items" in made.stdout
+    refused = _cli(suite, "for-you", "--user", user, "--token", "not-a-token")
+    assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr
