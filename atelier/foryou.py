@@ -112,18 +112,20 @@ class ForYou:
         steps: int,
         nearest: int,
     ) -> DesignResult:
-        """Gradient ascent on the user's preference from the category's centre (or an item).
+        """Gradient ascent on the user's preference from the category's centre (or an item),
+        within the category's own variations (atelier.preference.design_in_category).
 
-        `start_rows` are the category's rows: their mean μ is the prior mean the penalty pulls
-        towards, and the best of them is the catalogue item the design is compared with.
+        `start_rows` are the category's rows: their codes define where a design may go, and the
+        best of them is the catalogue item the design is compared with.
         """
-        from atelier.preference import design_for_user
+        from atelier.preference import design_in_category
 
         if not self.knows(user_id):
             raise UnknownUser(user_id)
-        centre = self.features[start_rows].astype(np.float64).mean(axis=0)
-        start = centre if start_row is None else self.features[start_row].astype(np.float64)
-        result = design_for_user(self.ranker, user_id, start, centre, steps=steps)
+        start = None if start_row is None else self.features[start_row]
+        result = design_in_category(
+            self.ranker, user_id, self.features[start_rows], start, steps=steps
+        )
         code = np.asarray(result.code, dtype=np.float64)
         # The design is a new item (no β_i, no γ_i): it is compared with the category's best
         # item by the same visual term alone, (θ_u + θ_0)·f(c).

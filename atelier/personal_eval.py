@@ -25,9 +25,10 @@ import numpy as np
 
 from atelier.preference import (
     MODEL_KINDS,
+    CategorySubspace,
     TrainingData,
     VisualRanker,
-    design_for_user,
+    design_in_category,
     popularity_scores,
     train_vbpr,
 )
@@ -265,57 +266,41 @@ def evaluate_ranking(
 # --- design ---------------------------------------------------------------------------------
 
 
-def item_prior_means(
-    components: Sequence[Sequence[str]] | None,
-    prior_means: np.ndarray | None,
-    labels: Sequence[tuple[str, str, str]],
-    codes: np.ndarray,
-) -> np.ndarray:
-    """Each item's prior mean: m_c of its (masterCategory, subCategory, articleType) component
-    (or the subCategory's `(other)` one) where the served model has a category prior, else the
-    mean code of the item's subCategory."""
-    index = {tuple(c): i for i, c in enumerate(components or [])}
-    out = np.empty_like(codes, dtype=np.float32)
-    subs = np.array([sub for _, sub, _ in labels])
-    centres = {s: codes[subs == s].mean(0) for s in set(subs.tolist())}
-    for row, (master, sub, article) in enumerate(labels):
-        c = index.get((master, sub, article), index.get((master, sub, "(other)")))
-        out[row] = prior_means[c] if c is not None and prior_means is not None else centres[sub]
-    return out
-
-
 def evaluate_design(
     model: VisualRanker,
     user_ids: Sequence[str],
     codes: np.ndarray,
-    prior_mean_of_item: np.ndarray,
+    sub_categories: np.ndarray,
     steps: int = 200,
     max_sigma: float = 3.0,
     progress: bool = False,
     **design_args,
 ) -> dict:
-    """For each user: their best catalogue item by visual preference, and a design started from
-    the prior mean of that item's category. The design beats the item when its visual
-    preference is higher while every dimension stays within max_sigma of the prior mean.
-    Tailoring (DVBPR's second use) starts from the best item itself instead."""
+    """For each user: their best catalogue item by visual preference, and a design in that
+    item's subCategory (`design_in_category`, what DesignForUser runs), started from the
+    category's mean code. The design beats the item when its visual preference is higher while
+    every coordinate stays within max_sigma of the category's prior (its mean and spread along
+    its leading directions). Tailoring (DVBPR's second use) starts from the best item itself."""
     from tqdm import tqdm
 
     embeddings = model.item_embeddings(codes)
+    subs = np.asarray(sub_categories)
     beats = []
     tailor_beats = []
     within = []
     uplift = []
     best_in_box = []
     design_spread = []
+    item_spread = []
     for user_id in tqdm(user_ids, desc="designing", disable=not progress):
         visual = embeddings @ (model.theta_u[model._user(user_id)] + model.theta_0)
         best = int(np.argmax(visual))
-        m = prior_mean_of_item[best]
-        design = design_for_user(
-            model, user_id, m, m, steps=steps, max_sigma=max_sigma, **design_args
+        category_codes = codes[subs == subs[best]]
+        design = design_in_category(
+            model, user_id, category_codes, steps=steps, max_sigma=max_sigma, **design_args
         )
-        tailored = design_for_user(
-            model, user_id, codes[best], m, steps=steps, max_sigma=max_sigma, **design_args
+        tailored = design_in_category(
+            model, user_id, category_codes, codes[best], steps, max_sigma, **design_args
         )
         ok = design.max_abs_sigma <= max_sigma + 1e-6
         within.append(ok)
@@ -324,18 +309,21 @@ def evaluate_design(
             tailored.max_abs_sigma <= max_sigma + 1e-6 and tailored.score > visual[best]
         )
         uplift.append(design.score - float(visual[best]))
-        best_in_box.append(bool(np.all(np.abs(codes[best] - m) <= max_sigma)))
-        design_spread.append(float(np.mean(np.abs(design.code - m))))
-    catalogue_spread = float(np.mean(np.abs(codes - prior_mean_of_item)))
+        subspace = CategorySubspace.fit(category_codes)
+        best_coordinates = np.abs(subspace.coordinates(codes[best]))
+        best_in_box.append(bool(np.all(best_coordinates <= max_sigma)))
+        design_spread.append(float(np.mean(np.abs(subspace.coordinates(design.code)))))
+        item_spread.append(float(np.mean(best_coordinates)) if len(best_coordinates) else 0.0)
     return {
         "beats_best_item_share": round(float(np.mean(beats)), 4),
         "within_prior_share": round(float(np.mean(within)), 4),
         "tailored_beats_best_item_share": round(float(np.mean(tailor_beats)), 4),
         "median_score_minus_best_item": round(float(np.median(uplift)), 4),
         "best_item_within_box_share": round(float(np.mean(best_in_box)), 4),
-        # How far designs go from m_c per dimension (in σ), next to the catalogue's own codes.
+        # How far designs go from the category's mean (in its σ, per leading direction), next
+        # to the users' best catalogue items.
         "design_mean_abs_sigma": round(float(np.mean(design_spread)), 4),
-        "catalogue_mean_abs_sigma": round(catalogue_spread, 4),
+        "best_item_mean_abs_sigma": round(float(np.mean(item_spread)), 4),
         "users": len(user_ids),
         "steps": steps,
         "max_sigma": max_sigma,

@@ -402,3 +402,86 @@ def design_for_user(
         steps=done,
         max_abs_sigma=float(np.max(np.abs(best - m) / sd)),
     )
+
+
+@dataclass(frozen=True)
+class CategorySubspace:
+    """A category's codes as a Gaussian over their leading principal directions: a code is
+    mean + directions.T @ (sd * a), with a ~ N(0, I). Designing in `a` keeps the code among the
+    category's own variations, so its decoded image stays an item of that category."""
+
+    mean: np.ndarray  # (d,)
+    directions: np.ndarray  # (k, d), orthonormal rows
+    sd: np.ndarray  # (k,) the codes' standard deviation along each direction
+
+    @classmethod
+    def fit(
+        cls, codes: np.ndarray, explained: float = 0.9, max_directions: int = 32
+    ) -> CategorySubspace:
+        codes = np.asarray(codes, np.float64)
+        mean = codes.mean(axis=0)
+        if len(codes) < 2:
+            return cls(mean, np.zeros((0, codes.shape[1])), np.zeros(0))
+        _, singular, vt = np.linalg.svd(codes - mean, full_matrices=False)
+        variance = singular**2 / (len(codes) - 1)
+        share = np.cumsum(variance) / max(float(variance.sum()), 1e-12)
+        k = int(min(max_directions, np.searchsorted(share, explained) + 1, len(variance)))
+        return cls(mean, vt[:k], np.sqrt(np.maximum(variance[:k], 1e-12)))
+
+    def code(self, a: np.ndarray) -> np.ndarray:
+        return self.mean + self.directions.T @ (self.sd * a)
+
+    def coordinates(self, code: np.ndarray) -> np.ndarray:
+        if not len(self.sd):
+            return np.zeros(0)
+        return (self.directions @ (np.asarray(code, np.float64) - self.mean)) / self.sd
+
+
+class _InSubspace:
+    """A VisualRanker seen through a CategorySubspace: preference of coordinates `a`."""
+
+    def __init__(self, model: VisualRanker, subspace: CategorySubspace):
+        self.model, self.subspace = model, subspace
+
+    def preference_and_gradient(self, user_id: str, a: np.ndarray) -> tuple[float, np.ndarray]:
+        value, gradient = self.model.preference_and_gradient(user_id, self.subspace.code(a))
+        return value, self.subspace.sd * (self.subspace.directions @ gradient)
+
+
+def design_in_category(
+    model: VisualRanker,
+    user_id: str,
+    category_codes: np.ndarray,
+    start: np.ndarray | None = None,
+    steps: int = 200,
+    max_sigma: float = 3.0,
+    **design_args,
+) -> Design:
+    """A design for the user inside one category: `design_for_user` over the coordinates of the
+    category's CategorySubspace (prior N(0, I) there, every coordinate within max_sigma), from
+    the category's mean code or from `start` (an item's code). Ascent over the whole latent
+    space walks to the user's favourite category instead (a "Shoes" design for a T-shirt lover
+    decodes as a T-shirt); here every design is the category's mean plus at most max_sigma of
+    its own spread along each of its leading directions. `max_abs_sigma` is in those units."""
+    subspace = CategorySubspace.fit(category_codes)
+    k = len(subspace.sd)
+    a0 = np.zeros(k) if start is None else subspace.coordinates(start)
+    if k == 0:
+        value, _ = model.preference_and_gradient(user_id, subspace.mean)
+        return Design(subspace.mean.astype(np.float32), value, value, 0, 0.0)
+    found = design_for_user(
+        _InSubspace(model, subspace),  # type: ignore[arg-type]
+        user_id,
+        a0,
+        np.zeros(k),
+        steps=steps,
+        max_sigma=max_sigma,
+        **design_args,
+    )
+    return Design(
+        subspace.code(found.code.astype(np.float64)).astype(np.float32),
+        found.score,
+        found.start_score,
+        found.steps,
+        found.max_abs_sigma,
+    )

@@ -33,7 +33,6 @@ from atelier.catalogue import (
 from atelier.personal_eval import (
     evaluate_design,
     evaluate_ranking,
-    item_prior_means,
     leave_last_out,
     train_models,
 )
@@ -158,17 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     ranking = evaluate_ranking(split, trained.scorers, seed=args.seed, progress=progress)
 
     model = trained.visual["vbpr_codes"]
-    labels = [(i.master_category, i.sub_category, i.article_type) for i in items]
-    prior = meta["prior_means"]
-    prior_of_item = item_prior_means(
-        meta["components"], np.asarray(prior, np.float32) if prior else None, labels, mu
-    )
     rng = np.random.default_rng(args.seed)
     eval_users = np.flatnonzero(split.test >= 0)
     chosen = rng.choice(eval_users, min(args.design_users, len(eval_users)), replace=False)
-    design = evaluate_design(
-        model, [data.user_ids[u] for u in chosen], mu, prior_of_item, progress=progress
-    )
+    subs = np.array([item.sub_category for item in items])
+    design = evaluate_design(model, [data.user_ids[u] for u in chosen], mu, subs, progress=progress)
 
     auc = ranking["auc"]
     cold_gap = auc["cold"]["vbpr_codes"] - auc["cold"]["bpr_mf"]
@@ -238,15 +231,18 @@ def main(argv: list[str] | None = None) -> int:
             "notes": (
                 f"{synthetic} For each of {design['users']} users with a test item, VBPR on "
                 "codes: the best catalogue item by visual preference (θ_u + θ_0)·f(c), and a "
-                "design by projected gradient ascent started from the prior mean m_c of that "
-                "item's category (the served model's prior N(m_c, I)), with penalty keeping it "
-                f"near m_c and every dimension within {design['max_sigma']}σ. Share of users "
-                "whose design scores above their best item (target ≥ 0.90). Tailored: the "
-                "same ascent started from the best item's own code. The 3σ box is loose in "
-                "64 dimensions: `design_mean_abs_sigma` (mean |c − m_c| per dimension of the "
-                "designs) next to `catalogue_mean_abs_sigma` (the same for the catalogue's own "
-                "codes) says how far from typical items the designs go; the penalty weight "
-                "trades score for staying close."
+                "design in that item's subCategory, as DesignForUser makes it "
+                "(`atelier.preference.design_in_category`): projected gradient ascent over the "
+                "coordinates of the category's codes along their leading principal directions "
+                "(90% of the variance, at most 32), prior N(0, I) there, started from the "
+                f"category's mean code, every coordinate within {design['max_sigma']}σ of the "
+                "category's own spread. Ascent over the whole latent space instead walks to the "
+                "user's favourite category (a shoe designed for a T-shirt lover decoded as a "
+                "T-shirt), which is why the design is confined to the category. Share of users "
+                "whose design scores above their best item (target ≥ 0.90). Tailored: the same "
+                "ascent started from the best item's own code. `design_mean_abs_sigma` (mean "
+                "|coordinate| of the designs) next to `best_item_mean_abs_sigma` (the same for "
+                "the users' best items) says how far from typical items the designs go."
             ),
         },
         command,

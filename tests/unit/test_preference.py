@@ -16,9 +16,11 @@ from atelier.personal_eval import (
     vbpr_scorer,
 )
 from atelier.preference import (
+    CategorySubspace,
     VBPRConfig,
     VisualRanker,
     design_for_user,
+    design_in_category,
     popularity_scores,
     train_vbpr,
     training_data,
@@ -175,6 +177,34 @@ def test_design_raises_the_score_within_the_box(dataset, trained):
         assert design.score > design.start_score
         assert design.max_abs_sigma <= 1.5 + 1e-9
         assert np.all(np.abs(design.code - prior_mean) <= 1.5 + 1e-5)
+        assert design.score == pytest.approx(
+            model.preference_and_gradient(user, design.code)[0], rel=1e-4, abs=1e-4
+        )
+
+
+def test_category_subspace_round_trips_its_own_codes():
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(DIM, 3)))[0].T  # 3 orthonormal directions
+    codes = 5.0 + rng.normal(size=(200, 3)) * [3.0, 1.0, 0.2] @ basis
+    subspace = CategorySubspace.fit(codes, explained=0.999)
+    assert subspace.directions.shape == (3, DIM)
+    np.testing.assert_allclose(subspace.sd, [3.0, 1.0, 0.2], rtol=0.15)
+    for code in codes[:5]:
+        np.testing.assert_allclose(subspace.code(subspace.coordinates(code)), code, atol=1e-9)
+
+
+def test_design_in_category_stays_among_the_categorys_variations(dataset, trained):
+    _, model = trained
+    category = dataset.features[:40]
+    subspace = CategorySubspace.fit(category)
+    for user in model.user_ids[:10]:
+        design = design_in_category(model, user, category, steps=100, max_sigma=2.0)
+        assert design.score > design.start_score
+        assert design.max_abs_sigma <= 2.0 + 1e-9
+        coordinates = subspace.coordinates(design.code)
+        assert np.all(np.abs(coordinates) <= 2.0 + 1e-4)
+        # Nothing outside the category's span: the code is its mean plus its own directions.
+        np.testing.assert_allclose(subspace.code(coordinates), design.code, atol=1e-4)
         assert design.score == pytest.approx(
             model.preference_and_gradient(user, design.code)[0], rel=1e-4, abs=1e-4
         )
