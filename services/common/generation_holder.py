@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -17,6 +18,8 @@ from atelier.generation import Generation
 from atelier.store import GENERATION_CHANNEL, CodeStore
 
 log = logging.getLogger(__name__)
+FIRST_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0
 
 
 class GenerationHolder:
@@ -41,6 +44,7 @@ class GenerationHolder:
         self._channel = channel
         self._current: Generation | None = None
         self._lock = threading.Lock()  # one rebuild at a time; readers never take it
+        self._retries: dict[int, tuple[float, float]] = {}  # version -> (retry at, last delay)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="generation-watch", daemon=True)
 
@@ -55,26 +59,55 @@ class GenerationHolder:
     def stop(self) -> None:
         self._stop.set()
 
-    def refresh(self, announced: int | None = None) -> None:
-        """Load the served generation if it is not the one held."""
+    def refresh(self) -> None:
+        """Load the served version if it is not the one held.
+
+        The `served` pointer is re-read every time (an announcement only wakes the watcher), and
+        again after a build: `serve 2; serve 1` ends on 1 whatever order the messages arrive in,
+        and a build overtaken by another switch is dropped, not installed. A version that fails
+        to build is tried again after a backoff that doubles up to MAX_RETRY_SECONDS.
+        """
         with self._lock:
-            version = announced if announced is not None else self.store.served_version()
-            if version is None or (self._current is not None and self._current.version == version):
+            while True:
+                version = self.store.served_version()
+                if version is None or (
+                    self._current is not None and self._current.version == version
+                ):
+                    return
+                retry_at, _ = self._retries.get(version, (0.0, 0.0))
+                if time.monotonic() < retry_at:
+                    return
+                try:
+                    generation = self._build(version)
+                except Exception as exc:
+                    self._back_off(version, exc)
+                    return
+                self._retries.pop(version, None)
+                if self.store.served_version() != version:
+                    log.info("built version %d, but another is served now: building that", version)
+                    continue
+                self._install(generation)
                 return
-            try:
-                generation = self._build(version)
-            except LookupError as exc:
-                log.warning("cannot load generation %s yet: %s", version, exc)
-                return
-            self._current = generation
-            # A generation is millions of long-lived objects (metadata dicts, ids); keep them out
-            # of the cyclic collector's sweeps, which otherwise stall requests. Refcounting still
-            # frees them when the generation is replaced.
-            gc.collect()
-            gc.freeze()
-            log.info("now answering from generation %d", version)
-            if self._on_change:
-                self._on_change(generation)
+
+    def _back_off(self, version: int, exc: Exception) -> None:
+        _, delay = self._retries.get(version, (0.0, 0.0))
+        delay = min(MAX_RETRY_SECONDS, max(FIRST_RETRY_SECONDS, delay * 2))
+        self._retries[version] = (time.monotonic() + delay, delay)
+        if isinstance(exc, LookupError):  # not written yet, or being removed: expected
+            log.warning("cannot load version %s yet (%s); next try in %.0f s", version, exc, delay)
+        else:
+            log.exception("building version %s failed; next try in %.0f s", version, delay)
+
+    def _install(self, generation: Generation) -> None:
+        self._current = generation
+        # A generation is millions of long-lived objects (metadata dicts, ids); keep them out of
+        # the cyclic collector's sweeps, which otherwise stall requests. No gc.collect() first:
+        # a full collection over such a heap is itself the stall (refcounting frees the old
+        # generation when it is dropped).
+        gc.freeze()
+        log.info("now answering from version %d", generation.version)
+        if self._on_change:
+            self._on_change(generation)
 
     def _watch(self) -> None:
         # Pub/sub is fire-and-forget, so the pointer is also polled: a missed announcement costs
@@ -85,10 +118,8 @@ class GenerationHolder:
                 pubsub.subscribe(self._channel)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=self._poll_seconds)
-                    if message and message.get("type") == "message":
-                        self.refresh(int(message["data"]))
-                    else:
-                        self.refresh()
+                    if message is None or message.get("type") == "message":
+                        self.refresh()  # a message only says "look": the pointer decides
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("lost Redis while watching generations (%s); retrying", exc)
                 self._stop.wait(1.0)
