@@ -3,6 +3,7 @@
 Keys (prefix `atelier:`):
 
     model:{v}                     hash   model version metadata (latent_dim, image size, ε packed, ...)
+    models                        set    the registered model versions (no keyspace SCAN to list them)
     served                        string the served model version (the generation pointer)
     gen:{v}:items                 set    item ids encoded under version v
     gen:{v}:item:{id}             hash   mu, sigma, z (packed little-endian float32) + catalogue metadata
@@ -17,7 +18,7 @@ Keys (prefix `atelier:`):
     job:{id}:chunks               set    chunk indexes whose outcome is recorded
     job:{id}:deliveries           hash   "{chunk}:{attempt}" -> deliveries (the poison-chunk cap)
     job:{id}:pump                 string lock: one enqueueing pump per job at a time (expires)
-    jobs:active                   set    job ids that may still have chunks to queue
+    jobs:active                   set    job ids not finished yet (chunks to queue or to finish)
 
 Every write is an idempotent upsert keyed by (item id, model version): re-running a task after a
 crash rewrites the same keys with the same values. Job keys expire (the job's `ttl`, refreshed by
@@ -38,6 +39,7 @@ import redis
 PREFIX = "atelier:"
 GENERATION_CHANNEL = PREFIX + "generation"
 ACTIVE_JOBS = PREFIX + "jobs:active"
+MODELS = PREFIX + "models"
 JOB_PARTS = ("pending", "done", "failed", "chunks", "deliveries")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 METADATA_FIELDS = (
@@ -203,17 +205,26 @@ class CodeStore:
     # --- model versions and the generation pointer ---
 
     def register_model(self, record: ModelRecord) -> None:
-        self.redis.hset(f"{PREFIX}model:{record.version}", mapping=record.to_hash())
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(f"{PREFIX}model:{record.version}", mapping=record.to_hash())
+        pipe.sadd(MODELS, record.version)
+        pipe.execute()
 
     def model(self, version: int) -> ModelRecord | None:
         data = self.redis.hgetall(f"{PREFIX}model:{version}")
         return ModelRecord.from_hash(data) if data else None
 
     def model_versions(self) -> list[int]:
-        return sorted(
-            int(k.rsplit(b":", 1)[1])
-            for k in self.redis.scan_iter(match=f"{PREFIX}model:*", count=1000)
-        )
+        """The registered model versions, from their set; a store written before the set
+        existed is indexed once by a SCAN (a keyspace walk, so never again after that)."""
+        if not self.redis.exists(MODELS):
+            found = [
+                int(k.rsplit(b":", 1)[1])
+                for k in self.redis.scan_iter(match=f"{PREFIX}model:*", count=1000)
+            ]
+            if found:
+                self.redis.sadd(MODELS, *found)
+        return sorted(int(v) for v in self.redis.smembers(MODELS))
 
     def served_version(self) -> int | None:
         value = self.redis.get(f"{PREFIX}served")
@@ -236,7 +247,10 @@ class CodeStore:
         """Delete every code of a generation (never the served one). Returns the keys removed."""
         if self.served_version() == version:
             raise ValueError(f"version {version} is being served; serve another one first")
-        removed = int(self.redis.delete(f"{PREFIX}model:{version}"))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(f"{PREFIX}model:{version}")
+        pipe.srem(MODELS, version)
+        removed = int(pipe.execute()[0])
         for batch in _chunks(
             self.redis.scan_iter(match=f"{PREFIX}gen:{version}:*", count=1000), 500
         ):

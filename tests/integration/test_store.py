@@ -9,7 +9,7 @@ from atelier import jobs
 from atelier.catalogue import load_image_file
 from atelier.confinement import CatalogueRoots
 from atelier.modelstore import LoadedEncoder
-from atelier.store import GENERATION_CHANNEL, CodeStore, ItemRecord, ModelRecord
+from atelier.store import GENERATION_CHANNEL, MODELS, CodeStore, ItemRecord, ModelRecord
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +94,17 @@ def test_old_generation_stays_until_removed(store: CodeStore):
     assert store.remove_generation(2) == 3  # the model record, the item's hash, the items set
     assert store.model_versions() == [1]
     assert store.item(2, "a") is None and store.item(1, "a") is not None
+
+
+def test_model_versions_come_from_their_set_and_older_stores_are_indexed_once(store: CodeStore):
+    store.register_model(ModelRecord(3, 16, 80, 64, "c", np.zeros(16, np.float32)))
+    store.register_model(ModelRecord(1, 16, 80, 64, "a", np.zeros(16, np.float32)))
+    assert store.model_versions() == [1, 3]
+    # A store written before the set existed: model hashes only.
+    store.redis.delete(MODELS)
+    store.redis.hset("atelier:model:7", mapping={"latent_dim": "16"})
+    assert store.model_versions() == [1, 3, 7]
+    assert store.redis.smembers(MODELS) == {b"1", b"3", b"7"}
 
 
 def test_encode_chunk_records_bad_images_and_is_idempotent(
