@@ -6,8 +6,9 @@ Keys (prefix `atelier:`):
     interactions:ids    set     every event id ever accepted (the idempotency check)
 
 An event is appended by one Redis script that adds its id to the set and, only if the id was
-new, the entry to the stream: a retried call, a redelivered import batch or a file imported twice
-adds nothing, and a crash leaves either both writes or neither. Nothing trims the stream.
+new, the entry to the stream: a retried call, a redelivered import batch, a file imported twice
+or an overlapping re-export adds nothing (a CSV row's id is a hash of its user, item, kind and
+time), and a crash leaves either both writes or neither. Nothing trims the stream.
 
 Interactions CSVs have a header naming `user_id`, `item_id` and `timestamp` (Unix seconds or
 ISO 8601), and optionally `kind` (view, click, cart, purchase; a row without one is a view).
@@ -271,7 +272,7 @@ class Row:
 
 
 def file_digest(path: Path) -> str:
-    """The file's SHA-256: rows' event ids derive from it, so importing it twice adds nothing."""
+    """The file's SHA-256: an import resumes only over the very file it started on."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -279,15 +280,25 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def csv_event_id(digest: str, line: int) -> str:
-    return f"csv:{digest[:32]}:{line}"
+def csv_event_id(row: Row) -> str:
+    """A CSV row's event id, from what it says (user, item, kind, time), not where it stands:
+    a re-export that overlaps an imported file, or the same file again, adds only new rows."""
+    content = "\x1f".join((row.user_id, row.item_id, row.kind, repr(float(row.timestamp))))
+    return "csv:" + hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 def read_header(path: Path) -> dict[str, int]:
     """Column positions from the header; ValueError naming what is missing."""
     with path.open(newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), None)
+        header = _first_row(csv.reader(handle))
     return _columns(header)
+
+
+def _first_row(reader) -> list[str] | None:
+    try:
+        return next(reader, None)
+    except (csv.Error, UnicodeDecodeError) as exc:  # e.g. a "header" with no line break
+        raise ValueError(f"line 1: unreadable CSV header ({str(exc)[:200]})") from None
 
 
 def _columns(header: list[str] | None) -> dict[str, int]:
@@ -308,7 +319,7 @@ def iter_rows(path: Path, start_line: int = 2) -> Iterator[Row]:
     """Data rows from line `start_line` on, each parsed or with the reason it is refused."""
     with path.open(newline="", encoding="utf-8", errors="strict") as handle:
         reader = csv.reader(handle)
-        columns = _columns(next(reader, None))
+        columns = _columns(_first_row(reader))
         width = max(columns[name] for name in CSV_COLUMNS) + 1  # kind may be left off
         while True:
             try:

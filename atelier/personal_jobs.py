@@ -171,7 +171,7 @@ def _import_rows(
     events = []
     for row, known in zip(good, flags, strict=True):
         if known:
-            event_id = csv_event_id(job["digest"], row.line)
+            event_id = csv_event_id(row)
             events.append(Event(event_id, row.user_id, row.item_id, row.kind, row.timestamp))
         else:
             failures.append(
@@ -219,6 +219,9 @@ def submit_training(
             "seed": str(seed),
             "serve": "1" if serve else "0",
             "model_version": str(model_version),
+            # Served when trained only if this is still the served model then: a job that
+            # finishes late (after a newer model, or an admin's rollback) must not override it.
+            "served_at_submit": str(prefs.served_version() or ""),
         },
         ttl_seconds,
     )
@@ -322,7 +325,8 @@ def progress(prefs: PreferenceStore, job_id: str, max_failures: int = 0) -> JobV
     if job is None:
         return None
     state = state_of(job)
-    reason = job.get("reason", "")
+    # A trained model kept unserved (another was served meanwhile) is a success with a note.
+    reason = job.get("reason", "") or job.get("not_served", "")
     if state is JobState.FAILED and not reason:
         reason = "every row was refused; see the failures"
     finished = float(job["finished"]) if job.get("finished") else 0.0

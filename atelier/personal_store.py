@@ -38,6 +38,8 @@ INFO_FIELDS = ("kind", "model_version", "users", "items", "interactions", "train
 
 # KEYS: the job, pref:next, pref:served. ARGV: now, serve ("1"/"0"), then the model's fields as
 # name/value pairs. Returns the job's preference version (the existing one if it already has one).
+# The model is served only if the served pointer is still what it was when the job was submitted
+# (`served_at_submit`); otherwise it is kept unserved and the job says why.
 _FINISH_TRAINING = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local existing = redis.call('HGET', KEYS[1], 'preference_version')
@@ -47,14 +49,24 @@ local key = 'atelier:pref:' .. version
 for i = 3, #ARGV - 1, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'preference_version', version, 'finished', ARGV[1], 'updated', ARGV[1])
 if ARGV[2] == '1' then
-  redis.call('SET', KEYS[3], version)
-  redis.call('PUBLISH', 'atelier:preference', version)
+  local served = redis.call('GET', KEYS[3]) or ''
+  local expected = redis.call('HGET', KEYS[1], 'served_at_submit') or served
+  if served == expected then
+    redis.call('SET', KEYS[3], version)
+    redis.call('PUBLISH', 'atelier:preference', version)
+  else
+    redis.call('HSET', KEYS[1], 'not_served',
+      'model ' .. served .. ' was served while this job ran; serve this one explicitly')
+  end
 end
 return version
 """
-# KEYS: the model's hash, pref:served. ARGV: the version. 0 when it does not exist.
+# KEYS: the model's hash, pref:served. ARGV: the version. 0 when it does not exist, -1 when the
+# generation of codes it was trained on is gone (it could never load).
 _SERVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local generation = redis.call('HGET', KEYS[1], 'model_version')
+if redis.call('EXISTS', 'atelier:gen:' .. generation .. ':items') == 0 then return -1 end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('PUBLISH', 'atelier:preference', ARGV[1])
 return 1
@@ -231,8 +243,14 @@ class PreferenceStore:
 
     def serve(self, version: int) -> None:
         """Atomically point the services at a preference model and announce it."""
-        if not int(self._serve(keys=[pref_key(version), SERVED], args=[str(int(version))])):
+        served = int(self._serve(keys=[pref_key(version), SERVED], args=[str(int(version))]))
+        if served == 0:
             raise KeyError(f"preference model version {version} does not exist")
+        if served < 0:
+            raise ValueError(
+                f"preference model {version} ranks a generation of codes that was removed; "
+                "train a new one on the served generation"
+            )
 
 
 def _info(version: int, raw: dict[bytes, bytes]) -> PreferenceInfo:

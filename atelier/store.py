@@ -244,9 +244,21 @@ class CodeStore:
         pipe.execute()
 
     def remove_generation(self, version: int) -> int:
-        """Delete every code of a generation (never the served one). Returns the keys removed."""
+        """Delete every code of a generation (never the served one, nor the one the served
+        preference model ranks over). Returns the keys removed."""
         if self.served_version() == version:
             raise ValueError(f"version {version} is being served; serve another one first")
+        # atelier/personal_store.py's keys (it imports this module, so not its constants).
+        preference = self.redis.get(f"{PREFIX}pref:served")
+        if (
+            preference is not None
+            and self.redis.hget(f"{PREFIX}pref:{int(preference)}", "model_version")
+            == str(version).encode()
+        ):
+            raise ValueError(
+                f"generation {version} holds the codes the served preference model "
+                f"{int(preference)} ranks; serve or train another preference model first"
+            )
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(f"{PREFIX}model:{version}")
         pipe.srem(MODELS, version)

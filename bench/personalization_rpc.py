@@ -24,7 +24,7 @@ import numpy as np
 from atelier.catalogue import read_catalogue_csv
 from atelier.simulate import SimulatorParams, simulate, write_csv
 from atelier.store import CodeStore
-from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, personalization_pb2_grpc
+from atelier.v1 import common_pb2, encoder_pb2, personalization_pb2_grpc
 from atelier.v1 import personalization_pb2 as pb
 from bench.report import update
 from services.common.launcher import local_suite
@@ -59,17 +59,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="atelier-bench-personal-") as work:
         env = {"CATALOGUE_ROOTS": os.pathsep.join([str(catalogue.parent), work])}
         with local_suite(Path(work), args.models, workers=2, extra_env=env) as suite:
-            with suite.channel("encoder") as channel:
-                encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
-                job = encoder.SubmitCatalogue(
-                    encoder_pb2.SubmitCatalogueRequest(csv_path=str(catalogue)), timeout=120
-                )
-                _wait(
-                    lambda: encoder.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=10),
-                    lambda j: j.state in (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED),
-                    3600,
-                    "encoding",
-                )  # fmt: skip
+            job = suite.encode(
+                encoder_pb2.SubmitCatalogueRequest(csv_path=str(catalogue)), timeout=3600
+            )
             CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)
             suite.start_service("recommender")
             suite.start_personalization()
@@ -92,6 +84,8 @@ def main() -> None:
                 imported = _wait(
                     job_state(imported.job_id), lambda j: j.state in finished, 1800, "import"
                 )
+                if imported.state != common_pb2.JOB_STATE_SUCCEEDED or not imported.done:
+                    raise SystemExit(f"the import failed: {imported.reason}")
                 trained = stub.TrainPreferenceModel(
                     pb.TrainPreferenceModelRequest(epochs=args.epochs), timeout=60
                 )
@@ -134,7 +128,8 @@ def main() -> None:
                     started = time.perf_counter()
                     reply = stub.RankForUser(request, timeout=5)
                     latencies.append((time.perf_counter() - started) * 1000.0)
-                    assert reply.items
+                    if not reply.items:
+                        raise SystemExit(f"RankForUser returned nothing for {request}")
                 served_items = CodeStore.from_url(suite.env["REDIS_URL"]).item_count(
                     job.model_version
                 )

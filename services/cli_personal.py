@@ -85,7 +85,8 @@ def cmd_preferences(args: argparse.Namespace) -> int:
             )
             if job.state != common_pb2.JOB_STATE_SUCCEEDED:
                 return 1
-            print(f"preference model {job.preference_version} trained and served")
+            served = f"kept unserved: {job.reason}" if job.reason else "served"
+            print(f"preference model {job.preference_version} trained; {served}")
         elif args.action == "serve":
             request = pb.ServePreferenceModelRequest(preference_version=args.version)
             stub.ServePreferenceModel(request, timeout=args.timeout)
@@ -147,7 +148,7 @@ def cmd_design_for(args: argparse.Namespace) -> int:
             f"wrote {args.output}: a {reply.category} designed for {args.user}, preference "
             f"{reply.score:.3f} (started at {reply.start_score:.3f}; the best catalogue item "
             f"{reply.best_item.item.item_id} scores {reply.best_item_score:.3f}), at most "
-            f"{reply.max_abs_sigma:.2f}σ from the prior"
+            f"{reply.max_abs_sigma:.2f}σ of its category's spread from the category's mean"
         )
         cli._print_items("nearest catalogue items:", reply.nearest)
         return 0

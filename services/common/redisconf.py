@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import redis
+
 from services.common.runtime import env_str
 
 SSL_OPTIONS = {
@@ -26,6 +28,15 @@ SSL_OPTIONS = {
     "REDIS_TLS_KEY_FILE": "ssl_keyfile",
 }
 CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+# Redis errors that mean "not now" rather than "wrong request": down, still loading its data, or
+# a replica that turned read-only in a failover. Services answer UNAVAILABLE on them.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 def with_secrets(url: str, env: Mapping[str, str] | None = None) -> str:

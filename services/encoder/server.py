@@ -19,6 +19,7 @@ from atelier.latent import NON_FINITE_CODE, finite_rows
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from services.common.model_client import ModelClient, ModelShape, status_of
+from services.common.redisconf import UNAVAILABLE_ERRORS
 from services.common.runtime import RunningServer, UnavailableOn, grpc_server
 from services.encoder.config import Settings
 
@@ -291,9 +292,7 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
         settings.host,
         settings.port,
         auth=settings.auth,
-        service_interceptors=[
-            UnavailableOn((redis.ConnectionError, redis.TimeoutError), "the job store")
-        ],
+        service_interceptors=[UnavailableOn(UNAVAILABLE_ERRORS, "the job store")],
     ) as running:
         store.redis.ping()
         model.shape()  # the model server answers: now we are ready

@@ -37,6 +37,7 @@ from services.common.auth import with_token
 from services.common.generation_holder import GenerationHolder
 from services.common.model_client import ModelClient, status_of, to_png
 from services.common.queries import METHODS, item_message
+from services.common.redisconf import UNAVAILABLE_ERRORS
 from services.common.runtime import RunningServer, UnavailableOn, grpc_server
 from services.common.tls import make_channel
 from services.personalization.config import Settings
@@ -301,6 +302,8 @@ class PersonalizationServicer(personalization_pb2_grpc.PersonalizationServiceSer
             self.prefs.serve(request.preference_version)
         except KeyError as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         log.info("now serving preference model %d (was %s)", request.preference_version, previous)
         return pb.ServePreferenceModelResponse(
             preference_version=request.preference_version, previous_version=previous or 0
@@ -510,9 +513,7 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
             settings.host,
             settings.port,
             auth=settings.auth,
-            service_interceptors=[
-                UnavailableOn((redis.ConnectionError, redis.TimeoutError), "the interactions store")
-            ],
+            service_interceptors=[UnavailableOn(UNAVAILABLE_ERRORS, "the interactions store")],
         ) as running:
             codes.redis.ping()
             holder = GenerationHolder(

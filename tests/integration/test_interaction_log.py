@@ -9,7 +9,7 @@ import pytest
 
 from atelier import personal_jobs
 from atelier.confinement import CatalogueRoots
-from atelier.interactions import Event, InteractionLog, csv_event_id, file_digest
+from atelier.interactions import Event, InteractionLog, csv_event_id
 from atelier.personal_store import PreferenceModel, PreferenceStore, pjob_key
 from atelier.store import ItemRecord
 
@@ -105,9 +105,8 @@ def test_an_import_resumes_at_its_cursor_and_counts_every_row_once(store, served
     assert log.count() == good
     assert {line for line, _ in view.failures} == {n + 2 for n in range(95) if n % 7 == 3}
     assert all("unknown item" in reason for _, reason in view.failures)
-    digest = file_digest(path)
     assert {e.event_id for e in log.read()} == {
-        csv_event_id(digest, n + 2) for n in range(95) if n % 7 != 3
+        csv_event_id(row) for row in rows if not row.item_id.startswith("nope-")
     }
     # The same file imported again adds nothing: every good row is a duplicate.
     second = personal_jobs.submit_import(prefs, roots, str(path), served, 3600)
@@ -116,6 +115,16 @@ def test_an_import_resumes_at_its_cursor_and_counts_every_row_once(store, served
     assert (view.done, view.duplicates, view.failed) == (0, good, 95 - good)
     assert view.state is personal_jobs.JobState.SUCCEEDED
     assert log.count() == good
+    # A re-export with the same rows in another order plus new ones adds only the new ones.
+    lines = path.read_text().splitlines()
+    extra = [f"u9,{ITEMS[0]},{1_750_000_000 + n},cart" for n in range(3)]
+    reexport = tmp_path / "reexport.csv"
+    reexport.write_text("\n".join([lines[0], *extra, *reversed(lines[1:])]) + "\n")
+    third = personal_jobs.submit_import(prefs, roots, str(reexport), served, 3600)
+    personal_jobs.run_import(prefs, log, roots, third)
+    view = personal_jobs.progress(prefs, third)
+    assert (view.done, view.duplicates) == (3, good)
+    assert log.count() == good + 3
 
 
 def test_an_import_of_a_file_changed_after_submission_fails_with_the_reason(
@@ -151,6 +160,7 @@ def _model(kind: str = "vbpr_codes") -> PreferenceModel:
 
 def test_a_training_job_makes_one_model_version_however_often_it_finishes(store):
     prefs = PreferenceStore(store.redis)
+    store.redis.sadd("atelier:gen:1:items", "100")  # the generation the models rank over
     job_id = personal_jobs.submit_training(prefs, "", 0, 0, True, 1, 3600)
     assert prefs.finish_training(job_id, _model(), serve=True) == 1
     assert prefs.finish_training(job_id, _model(), serve=True) == 1  # a redelivery
@@ -168,3 +178,40 @@ def test_a_training_job_makes_one_model_version_however_often_it_finishes(store)
         prefs.serve(7)
     assert prefs.served_version() == 2
     assert personal_jobs.progress(prefs, job_id).preference_version == 1
+
+
+def test_a_training_job_that_finishes_late_does_not_override_a_newer_served_model(store):
+    prefs = PreferenceStore(store.redis)
+    early = personal_jobs.submit_training(prefs, "", 0, 0, True, 1, 3600)  # nothing served yet
+    late = personal_jobs.submit_training(prefs, "", 0, 0, True, 1, 3600)
+    assert prefs.finish_training(early, _model(), serve=True) == 1
+    assert prefs.served_version() == 1
+    # `late` was submitted when nothing was served; model 1 was served while it ran.
+    assert prefs.finish_training(late, _model(), serve=True) == 2
+    assert prefs.served_version() == 1
+    view = personal_jobs.progress(prefs, late)
+    assert view.state is personal_jobs.JobState.SUCCEEDED
+    assert "model 1 was served while this job ran" in view.reason
+    # Submitted while 1 is served, finished while 1 still is: served.
+    third = personal_jobs.submit_training(prefs, "", 0, 0, True, 1, 3600)
+    assert prefs.finish_training(third, _model(), serve=True) == 3
+    assert prefs.served_version() == 3
+    assert personal_jobs.progress(prefs, third).reason == ""
+
+
+def test_the_generation_a_served_preference_model_ranks_cannot_be_removed(store):
+    prefs = PreferenceStore(store.redis)
+    job_id = personal_jobs.submit_training(prefs, "", 0, 0, True, 1, 3600)
+    assert prefs.finish_training(job_id, _model(), serve=True) == 1  # trained on generation 1
+    store.redis.sadd("atelier:gen:1:items", "100")
+    store.redis.sadd("atelier:gen:2:items", "100")
+    store.redis.set("atelier:served", 2)
+    with pytest.raises(ValueError, match="served preference model 1"):
+        store.remove_generation(1)
+    assert store.redis.exists("atelier:gen:1:items")
+    # A model whose generation is gone cannot be served: it could never load.
+    store.redis.delete("atelier:gen:1:items")
+    store.redis.delete("atelier:pref:served")
+    with pytest.raises(ValueError, match="was removed"):
+        prefs.serve(1)
+    assert prefs.served_version() is None

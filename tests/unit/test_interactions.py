@@ -9,6 +9,7 @@ from atelier.foryou import top_k
 from atelier.interactions import (
     MAX_CLOCK_SKEW_SECONDS,
     Event,
+    Row,
     csv_event_id,
     iter_rows,
     parse_timestamp,
@@ -131,10 +132,16 @@ def test_a_header_without_the_required_columns_is_refused(tmp_path):
         read_header(empty)
 
 
-def test_csv_event_ids_depend_on_the_file_and_the_line():
-    assert csv_event_id("ab" * 32, 7) == csv_event_id("ab" * 32, 7)
-    assert csv_event_id("ab" * 32, 7) != csv_event_id("ab" * 32, 8)
-    assert csv_event_id("ab" * 32, 7) != csv_event_id("cd" * 32, 7)
+def test_csv_event_ids_depend_on_what_a_row_says_not_where_it_stands():
+    row = Row(7, "u1", "100", "click", 1_700_000_000.0)
+    assert csv_event_id(row) == csv_event_id(Row(90, "u1", "100", "click", 1_700_000_000.0))
+    for other in (
+        Row(7, "u2", "100", "click", 1_700_000_000.0),
+        Row(7, "u1", "101", "click", 1_700_000_000.0),
+        Row(7, "u1", "100", "cart", 1_700_000_000.0),
+        Row(7, "u1", "100", "click", 1_700_000_000.5),
+    ):
+        assert csv_event_id(other) != csv_event_id(row)
 
 
 def test_top_k_matches_a_full_sort_with_ties_broken_by_row():
@@ -173,3 +180,14 @@ def test_only_visual_rankers_can_be_served():
 )
 def test_job_states(job, state):
     assert state_of(job) is state
+
+
+def test_an_unreadable_header_is_a_clear_error(tmp_path):
+    huge = tmp_path / "one-line.csv"
+    huge.write_text("user_id," + "x" * 200_000)  # one field past csv's limit, no line break
+    with pytest.raises(ValueError, match="line 1: unreadable CSV header"):
+        read_header(huge)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"user_id,item_id,timestamp,caf\xe9\n")
+    with pytest.raises(ValueError, match="line 1: unreadable CSV header"):
+        read_header(latin)
