@@ -113,14 +113,22 @@ def run_import(
     job_id: str,
     batch: int = IMPORT_BATCH,
     clock: Callable[[], float] = time.time,
-) -> None:
-    """Import the job's rows from its cursor on; idempotent, safe to run again after a crash."""
+    slice_seconds: float | None = None,
+) -> bool:
+    """Import the job's rows from its cursor on; idempotent, safe to run again after a crash.
+
+    With `slice_seconds`, stop at the first batch boundary after that long and return False:
+    the caller queues the rest as a new task, so no single task outlives the queue's visibility
+    timeout (past it, the broker hands a still-running task to another worker). True when the
+    job is finished (or another delivery owns it).
+    """
     job = prefs.job(job_id)
     if job is None:
         raise JobGone(job_id)
     if job.get("finished"):
-        return
+        return True
     key = pjob_key(job_id)
+    deadline = None if slice_seconds is None else time.monotonic() + slice_seconds
     try:
         real = roots.resolve(job["csv_path"])  # checked again when read: roots may have changed
         if file_digest(real) != job["digest"]:
@@ -133,18 +141,21 @@ def run_import(
             if len(pending) >= batch:
                 cursor = _import_rows(prefs, events_log, key, job, pending, cursor, version, clock)
                 if cursor < 0:
-                    return  # another delivery is importing this job
+                    return True  # another delivery is importing this job
                 pending = []
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False  # the rest in the next slice, from the stored cursor
         if pending:
             cursor = _import_rows(prefs, events_log, key, job, pending, cursor, version, clock)
             if cursor < 0:
-                return
+                return True
     except (ValueError, OSError) as exc:
         prefs.set_job_fields(job_id, reason=str(exc), finished=repr(clock()))
         log.info("import %s failed: %s", job_id, exc)
-        return
+        return True
     prefs.set_job_fields(job_id, finished=repr(clock()))
     log.info("import %s finished", job_id)
+    return True
 
 
 def _import_rows(

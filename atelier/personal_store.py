@@ -175,7 +175,7 @@ class PreferenceStore:
         flat = [v for pair in fields.items() for v in pair]
         return bool(self._set_if_exists(keys=[pjob_key(job_id)], args=flat))
 
-    def count_delivery(self, job_id: str, attempt: int) -> int:
+    def count_delivery(self, job_id: str, attempt: int | str) -> int:
         """Count one delivery of a job's task attempt (a crash loop shows as many); 0: no job."""
         return int(self._delivery(keys=[pjob_key(job_id)], args=[str(attempt)]))
 

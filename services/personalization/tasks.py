@@ -72,7 +72,7 @@ def enqueue_training(job_id: str) -> None:
     train_preference.apply_async(args=(job_id,), queue=TRAIN_QUEUE)
 
 
-def _poisoned(job_id: str, attempt: int) -> bool:
+def _poisoned(job_id: str, attempt: int | str) -> bool:
     """A job whose task keeps killing its worker fails with that reason instead of looping."""
     prefs = _prefs()
     deliveries = prefs.count_delivery(job_id, attempt)
@@ -119,20 +119,26 @@ class TrainTask(train_app.Task):
     max_retries=10,
     ignore_result=True,
 )
-def import_interactions(self, job_id: str) -> None:
-    if _poisoned(job_id, self.request.retries):
+def import_interactions(self, job_id: str, part: int = 0) -> None:
+    # Deliveries are counted per slice of the import (`part`) and per retry of it.
+    if _poisoned(job_id, f"{part}:{self.request.retries}"):
         return
     r = _redis()
     try:
-        personal_jobs.run_import(
+        finished = personal_jobs.run_import(
             PreferenceStore(r),
             InteractionLog(r),
             settings.catalogue_roots,
             job_id,
             batch=settings.import_batch_rows,
+            # A third of the visibility timeout: the broker never redelivers a running slice.
+            slice_seconds=settings.import_visibility_timeout / 3,
         )
     except personal_jobs.JobGone:
         log.warning("import %s is gone (expired?); nothing to do", job_id)
+        return
+    if not finished:
+        import_interactions.apply_async(args=(job_id, part + 1), queue=IMPORT_QUEUE)
 
 
 @train_app.task(

@@ -215,3 +215,21 @@ def test_the_generation_a_served_preference_model_ranks_cannot_be_removed(store)
     with pytest.raises(ValueError, match="was removed"):
         prefs.serve(1)
     assert prefs.served_version() is None
+
+
+def test_an_import_in_time_slices_resumes_each_from_the_cursor(store, served, tmp_path):
+    prefs = PreferenceStore(store.redis)
+    log = InteractionLog(store.redis)
+    roots = CatalogueRoots.of([tmp_path])
+    path = tmp_path / "events.csv"
+    good = _csv(path, 40)
+    job_id = personal_jobs.submit_import(prefs, roots, str(path), served, 3600)
+    slices = 0
+    while not personal_jobs.run_import(prefs, log, roots, job_id, batch=8, slice_seconds=0):
+        slices += 1
+        assert personal_jobs.progress(prefs, job_id).state is personal_jobs.JobState.RUNNING
+    assert slices == 5  # 40 rows in batches of 8, one per slice; a sixth finds nothing left
+    view = personal_jobs.progress(prefs, job_id)
+    assert view.state is personal_jobs.JobState.SUCCEEDED
+    assert (view.total, view.done, view.failed, view.duplicates) == (40, good, 40 - good, 0)
+    assert log.count() == good
