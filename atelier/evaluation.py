@@ -28,7 +28,7 @@ from tqdm import tqdm
 from atelier.catalogue import PreparedDataset, SplitSpec
 from atelier.categories import CategoryPredictor
 from atelier.clustering import fit_kmeans
-from atelier.latent import log_likelihood
+from atelier.latent import RANKING_METHODS, log_likelihood
 from atelier.metrics import mean_average_precision, per_class_scores
 from atelier.recommend import genders_compatible
 from atelier.taxonomy import MIN_SUBCATEGORY_IMAGES
@@ -36,7 +36,7 @@ from atelier.taxonomy import MIN_SUBCATEGORY_IMAGES
 log = logging.getLogger(__name__)
 
 KS = (10, 25, 50, 500)
-METHODS = ("loglik", "fixed_eps", "mu_l2", "cosine", "cityblock")
+METHODS = RANKING_METHODS
 HEADLINE_METHOD = "fixed_eps"  # the services' default ranking
 PAPER_CLUSTER_F1 = {"Bags": 0.81, "Footwear": 0.98, "Eyewear": 0.70}
 PAPER_SAME_CLUSTER_FIXED_EPS_MAP10 = 0.953

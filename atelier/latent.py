@@ -7,6 +7,12 @@ import numpy as np
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
+# The ranking methods, by the names every layer uses (search, evaluation, the RPC enum's
+# RANKING_METHOD_<NAME>, the CLI): the paper's eq. 2, fixed-ε Euclidean, and three baselines
+# on μ.
+RANKING_METHODS = ("loglik", "fixed_eps", "mu_l2", "cosine", "cityblock")
+
+
 def draw_epsilon(latent_dim: int, seed: int) -> np.ndarray:
     """The model version's fixed ε ~ N(0, I), drawn once from a seed (the paper's fixed-ε trick)."""
     return np.random.default_rng(seed).standard_normal(latent_dim).astype(np.float32)

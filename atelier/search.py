@@ -22,9 +22,14 @@ import faiss
 import numpy as np
 
 from atelier.clustering import Partition
-from atelier.latent import log_likelihood, loglik_item_vectors, loglik_query_vectors
+from atelier.latent import (
+    RANKING_METHODS,
+    log_likelihood,
+    loglik_item_vectors,
+    loglik_query_vectors,
+)
 
-METHODS = ("loglik", "fixed_eps", "mu_l2", "cosine", "cityblock")
+METHODS = RANKING_METHODS
 MAX_K = 1000
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from atelier import cli as model_cli
+from atelier.latent import RANKING_METHODS
 
 
 def _store(args: argparse.Namespace):
@@ -362,7 +363,7 @@ def _add_client_arguments(parser: argparse.ArgumentParser, query: bool = True) -
         parser.add_argument(
             "--method",
             default="fixed_eps",
-            choices=("fixed_eps", "loglik", "mu_l2", "cosine", "cityblock"),
+            choices=RANKING_METHODS,
         )
         parser.add_argument("-k", type=int, default=10)
 

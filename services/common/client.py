@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from atelier.latent import RANKING_METHODS
 from atelier.v1 import (
     common_pb2,
     decoder_pb2,
@@ -25,11 +26,8 @@ from services.common.auth import client_token, with_token
 from services.common.tls import ClientTLS, make_channel
 
 METHODS = {
-    "loglik": common_pb2.RANKING_METHOD_LOGLIK,
-    "fixed_eps": common_pb2.RANKING_METHOD_FIXED_EPS,
-    "mu_l2": common_pb2.RANKING_METHOD_MU_L2,
-    "cosine": common_pb2.RANKING_METHOD_COSINE,
-    "cityblock": common_pb2.RANKING_METHOD_CITYBLOCK,
+    name: common_pb2.RankingMethod.Value(f"RANKING_METHOD_{name.upper()}")
+    for name in RANKING_METHODS
 }
 SCOPES = {
     "sub_category": retrieval_pb2.SEARCH_SCOPE_SUB_CATEGORY,

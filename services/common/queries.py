@@ -20,17 +20,15 @@ from atelier.search import query_space
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from services.common.auth import AuthSettings
+from services.common.client import METHODS as CLIENT_METHODS
 from services.common.generation_holder import GenerationHolder
 from services.common.redisconf import redis_url_from_env
 from services.common.runtime import RunningServer, env_float, env_int, env_str, grpc_server
 
+# RankingMethod -> method name; an unset method is fixed-ε, the paper's served default.
 METHODS = {
     common_pb2.RANKING_METHOD_UNSPECIFIED: "fixed_eps",
-    common_pb2.RANKING_METHOD_LOGLIK: "loglik",
-    common_pb2.RANKING_METHOD_FIXED_EPS: "fixed_eps",
-    common_pb2.RANKING_METHOD_MU_L2: "mu_l2",
-    common_pb2.RANKING_METHOD_COSINE: "cosine",
-    common_pb2.RANKING_METHOD_CITYBLOCK: "cityblock",
+    **{value: name for name, value in CLIENT_METHODS.items()},
 }
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
