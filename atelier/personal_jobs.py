@@ -315,6 +315,30 @@ def run_training(
     return stored
 
 
+def poisoned(
+    prefs: PreferenceStore,
+    job_id: str,
+    attempt: int | str,
+    max_deliveries: int,
+    clock: Callable[[], float] = time.time,
+) -> bool:
+    """Count a delivery of the job's task `attempt`; past max_deliveries the job fails with that
+    reason instead of killing worker after worker. True when the caller must not run it (also
+    for a job that is gone)."""
+    deliveries = prefs.count_delivery(job_id, attempt)
+    if deliveries == 0:
+        log.warning("job %s is gone (expired?); nothing to do", job_id)
+        return True
+    if deliveries <= max_deliveries:
+        return False
+    prefs.set_job_fields(
+        job_id,
+        reason=f"the job's task killed its worker {deliveries - 1} times",
+        finished=repr(clock()),
+    )
+    return True
+
+
 # --- progress ---
 
 

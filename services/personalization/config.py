@@ -27,7 +27,6 @@ class Settings:
     train_visibility_timeout: int
     train_time_limit: int
     max_job_deliveries: int
-    max_abs_latent: float
     auth: AuthSettings
 
     @classmethod
@@ -58,6 +57,5 @@ class Settings:
             ),
             train_time_limit=train_time_limit,
             max_job_deliveries=env_int("MAX_JOB_DELIVERIES", 3),
-            max_abs_latent=env_float("MAX_ABS_LATENT", 100.0),
             auth=AuthSettings.from_env(),
         )

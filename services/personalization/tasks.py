@@ -73,20 +73,7 @@ def enqueue_training(job_id: str) -> None:
 
 
 def _poisoned(job_id: str, attempt: int | str) -> bool:
-    """A job whose task keeps killing its worker fails with that reason instead of looping."""
-    prefs = _prefs()
-    deliveries = prefs.count_delivery(job_id, attempt)
-    if deliveries == 0:
-        log.warning("job %s is gone (expired?); nothing to do", job_id)
-        return True
-    if deliveries > settings.max_job_deliveries:
-        prefs.set_job_fields(
-            job_id,
-            reason=f"the job's task killed its worker {deliveries - 1} times",
-            finished=repr(time.time()),
-        )
-        return True
-    return False
+    return personal_jobs.poisoned(_prefs(), job_id, attempt, settings.max_job_deliveries)
 
 
 def _give_up(job_id: str, exc: BaseException) -> None:

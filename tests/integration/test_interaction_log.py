@@ -233,3 +233,15 @@ def test_an_import_in_time_slices_resumes_each_from_the_cursor(store, served, tm
     assert view.state is personal_jobs.JobState.SUCCEEDED
     assert (view.total, view.done, view.failed, view.duplicates) == (40, good, 40 - good, 0)
     assert log.count() == good
+
+
+def test_a_job_whose_task_keeps_killing_its_worker_fails_with_that_reason(store):
+    prefs = PreferenceStore(store.redis)
+    job_id = personal_jobs.submit_training(prefs, "", 0, 0, True, 1, 3600)
+    assert [personal_jobs.poisoned(prefs, job_id, 0, 3) for _ in range(3)] == [False] * 3
+    assert personal_jobs.poisoned(prefs, job_id, 0, 3)  # the fourth delivery of attempt 0
+    view = personal_jobs.progress(prefs, job_id)
+    assert view.state is personal_jobs.JobState.FAILED
+    assert "killed its worker 3 times" in view.reason
+    assert not personal_jobs.poisoned(prefs, job_id, "1:0", 3)  # another slice counts apart
+    assert personal_jobs.poisoned(prefs, "0" * 32, 0, 3)  # a job that is gone
