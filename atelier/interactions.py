@@ -158,8 +158,8 @@ def known_items(client: redis.Redis, version: int, item_ids: Sequence[str]) -> l
     """Whether each id is an item of generation `version` (one round trip)."""
     if not item_ids:
         return []
-    flags = client.smismember(f"{PREFIX}gen:{version}:items", list(item_ids))
-    return [bool(f) for f in flags]
+    # atelier.store's slot map (see its layout): held items have a slot.
+    return [v is not None for v in client.hmget(f"{PREFIX}gen:{version}:slots", list(item_ids))]
 
 
 class InteractionLog:

@@ -20,7 +20,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,28 +302,17 @@ def _load(
     return load_image_file(path, size), str(path)
 
 
-def encode_chunk(
-    store: CodeStore, encode: EncodeFn, job_id: str, chunk_index: int, roots: CatalogueRoots
-) -> tuple[int, int]:
-    """Encode one chunk of a job's items. Bad images are recorded by id and reason, never raised.
-
-    Items already recorded (a redelivered chunk) are skipped. Returns (written, failed). Raises
-    only for transient trouble (model server, Redis), which the caller retries; nothing is
-    written for the chunk in that case.
-    """
-    definition = store.job_definition(job_id)
-    if not definition:
-        log.warning("job %s is unknown or expired; chunk %d dropped", job_id, chunk_index)
-        return 0, 0
-    if definition.get("cancelled") == "1":
-        return 0, 0
-    version = int(definition["model_version"])
-    size = (int(definition["image_height"]), int(definition["image_width"]))
-    item_ids = store.chunk_item_ids(job_id, chunk_index, int(definition["chunk_size"]))
-    recorded = store.recorded_ids(job_id, item_ids)
-    todo = [item_id for item_id in item_ids if item_id not in recorded]
+def encode_entries(
+    encode: EncodeFn,
+    version: int,
+    size: tuple[int, int],
+    entries: Iterable[tuple[str, dict[bytes, bytes]]],
+    roots: CatalogueRoots,
+) -> tuple[list[ItemRecord], dict[str, str]]:
+    """Codes of (item id, stored entry) pairs in one model call, and the reason of each item
+    that failed (a bad or missing image, a non-finite code). Raises only for transient trouble."""
     images, kept, failures = [], [], {}
-    for item_id, entry in zip(todo, store.job_entries(job_id, todo), strict=True):
+    for item_id, entry in entries:
         if not entry:
             failures[item_id] = "job entry missing (expired?)"
             continue
@@ -355,6 +344,56 @@ def encode_chunk(
                     item_id, codes["mu"][row], codes["sigma"][row], codes["z"][row], metadata
                 )
             )
+    return records, failures
+
+
+def upsert_items(
+    store: CodeStore,
+    encode: EncodeFn,
+    version: int,
+    size: tuple[int, int],
+    entries: Sequence[dict],
+    roots: CatalogueRoots,
+) -> tuple[list[str], dict[str, str]]:
+    """Encode entries (normalised by `normalise_entry`) and write their codes into a generation
+    at once, outside any job: the live path for a few new or changed items. Returns the ids
+    written and the reason of each failure."""
+    stored = [
+        (
+            str(entry["item_id"]),
+            {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in entry.items()},
+        )
+        for entry in entries
+    ]
+    records, failures = encode_entries(encode, version, size, stored, roots)
+    if records:
+        store.upsert_codes(version, records)
+    return [r.item_id for r in records], failures
+
+
+def encode_chunk(
+    store: CodeStore, encode: EncodeFn, job_id: str, chunk_index: int, roots: CatalogueRoots
+) -> tuple[int, int]:
+    """Encode one chunk of a job's items. Bad images are recorded by id and reason, never raised.
+
+    Items already recorded (a redelivered chunk) are skipped. Returns (written, failed). Raises
+    only for transient trouble (model server, Redis), which the caller retries; nothing is
+    written for the chunk in that case.
+    """
+    definition = store.job_definition(job_id)
+    if not definition:
+        log.warning("job %s is unknown or expired; chunk %d dropped", job_id, chunk_index)
+        return 0, 0
+    if definition.get("cancelled") == "1":
+        return 0, 0
+    version = int(definition["model_version"])
+    size = (int(definition["image_height"]), int(definition["image_width"]))
+    item_ids = store.chunk_item_ids(job_id, chunk_index, int(definition["chunk_size"]))
+    recorded = store.recorded_ids(job_id, item_ids)
+    todo = [item_id for item_id in item_ids if item_id not in recorded]
+    records, failures = encode_entries(
+        encode, version, size, zip(todo, store.job_entries(job_id, todo), strict=True), roots
+    )
     store.record_chunk(job_id, version, records, failures, chunk_index=chunk_index)
     return len(records), len(failures)
 

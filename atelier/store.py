@@ -5,8 +5,15 @@ Keys (prefix `atelier:`):
     model:{v}                     hash   model version metadata (latent_dim, image size, ε packed, ...)
     models                        set    the registered model versions (no keyspace SCAN to list them)
     served                        string the served model version (the generation pointer)
-    gen:{v}:items                 set    item ids encoded under version v
-    gen:{v}:item:{id}             hash   mu, sigma, z (packed little-endian float32) + catalogue metadata
+    gen:{v}:slots                 hash   item id -> "{slot}\x1f{metadata}": where its code lives
+    gen:{v}:next                  string the next free slot
+    gen:{v}:live                  string bitmap: bit `slot` is set while the slot holds a live item
+    gen:{v}:block:{b}             string the codes of slots b·B .. b·B+B−1, one row each: μ, σ, z as
+                                         little-endian float32 (B = BLOCK_ITEMS), written in place
+    gen:{v}:ids:{b}               string "{item id}\x1f{metadata}\n" per slot of block b, in slot order
+    gen:{v}:changes               stream upserts and deletes of the served generation, each with a
+                                         sequence number (replicas apply them live; capped)
+    gen:{v}:seq                   string the last change's sequence number
     gen:{v}:index                 hash   derived state for v, written once by the first replica that
                                          needs it: k-means centres, the category predictor
     job:{id}                      hash   job definition, the queued high-water mark, timestamps
@@ -20,8 +27,13 @@ Keys (prefix `atelier:`):
     job:{id}:pump                 string lock: one enqueueing pump per job at a time (expires)
     jobs:active                   set    job ids not finished yet (chunks to queue or to finish)
 
-Every write is an idempotent upsert keyed by (item id, model version): re-running a task after a
-crash rewrites the same keys with the same values. Job keys expire (the job's `ttl`, refreshed by
+Codes are stored in bulk: a replica loads a generation with one GET per block of BLOCK_ITEMS
+items, not one round trip per item, and an item costs its three packed vectors plus its id and
+metadata twice (the slot map and its block's id list). A slot is taken once per (item, metadata):
+rewriting an item with the same metadata rewrites its row in place, so re-running a task after a
+crash rewrites the same bytes; an item whose metadata changed (or that was deleted and comes back)
+takes a new slot and its old one is marked dead. Generations written in the first layout (one
+hash per item) are migrated by `migrate_generation`. Job keys expire (the job's `ttl`, refreshed by
 activity); codes belong to their generation and never expire.
 """
 
@@ -30,7 +42,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +55,13 @@ ACTIVE_JOBS = PREFIX + "jobs:active"
 MODELS = PREFIX + "models"
 JOB_PARTS = ("pending", "done", "failed", "chunks", "deliveries")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+BLOCK_ITEMS = 4096  # items per block: 3 MB of codes at 64 dimensions, one GET each
+ROW_VECTORS = 3  # μ, σ, z
+UPSERT_BATCH = 1000  # items per upsert script call (Lua's unpack limit is 8000 arguments)
+CHANGES_CAP = 200_000  # changes kept per served generation; a replica further behind reloads
+SEP = b"\x1f"  # between an id or slot and the metadata
+FIELD_SEP = "\x1e"  # between metadata fields
+_FORBIDDEN = re.compile(r"[\x00-\x1f]")
 METADATA_FIELDS = (
     "article_type",
     "sub_category",
@@ -117,6 +137,159 @@ if wanted > current then
 end
 return current
 """
+# The codes of a generation, in packed blocks. A block holds three planes, μ then σ then z, each
+# of BLOCK_ITEMS vectors, so a replica copies whole planes. The scripts derive their keys from
+# ARGV[1], the generation's prefix: they run on a standalone Redis, never a cluster.
+_CODES_LIB = """
+local p, vecb, per = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local slots, bits = p .. 'slots', p .. 'live'
+redis.call('SET', p .. 'vector_bytes', vecb)
+local function block_key(block) return p .. 'block:' .. block end
+-- Write the vectors of `count` consecutive slots from `first` (all in one block): part(v) gives
+-- plane v's bytes.
+local function write_planes(first, count, part)
+  local key = block_key(math.floor(first / per))
+  for v = 0, 2 do
+    redis.call('SETRANGE', key, v * per * vecb + (first % per) * vecb, part(v))
+  end
+end
+-- Set the live bits of slots first .. first + n - 1.
+local function set_live(first, n)
+  local last = first + n - 1
+  local lo, hi = math.ceil(first / 8), math.floor((last + 1) / 8) - 1
+  if hi < lo then
+    for slot = first, last do redis.call('SETBIT', bits, slot, 1) end
+    return
+  end
+  for slot = first, lo * 8 - 1 do redis.call('SETBIT', bits, slot, 1) end
+  redis.call('SETRANGE', bits, lo, string.rep('\\255', hi - lo + 1))
+  for slot = (hi + 1) * 8, last do redis.call('SETBIT', bits, slot, 1) end
+end
+"""
+# Upserts. ARGV: prefix, vector bytes, items per block, the served pointer's key, the version,
+# stream cap, then (id, metadata, μσz row) triples. An item whose metadata is unchanged is
+# rewritten in place (a retried chunk rewrites the same bytes); a new item, or one whose metadata
+# changed, takes the next slot and its old slot is marked dead. Changes to the served generation
+# go to its stream with a sequence number. Returns the number of items that took a new slot.
+_UPSERT_CODES = (
+    _CODES_LIB
+    + """
+local live = redis.call('GET', ARGV[4]) == ARGV[5]
+local fresh = {}
+for i = 7, #ARGV, 3 do
+  local id, meta, row = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local held = redis.call('HGET', slots, id)
+  local slot = nil
+  if held then
+    local sep = string.find(held, '\\31', 1, true)
+    if string.sub(held, sep + 1) == meta then
+      slot = tonumber(string.sub(held, 1, sep - 1))
+    else
+      redis.call('SETBIT', bits, tonumber(string.sub(held, 1, sep - 1)), 0)
+    end
+  end
+  if slot then
+    write_planes(slot, 1, function(v) return string.sub(row, v * vecb + 1, (v + 1) * vecb) end)
+  else
+    fresh[#fresh + 1] = i
+  end
+  if live then
+    local seq = redis.call('INCR', p .. 'seq')
+    redis.call('XADD', p .. 'changes', 'MAXLEN', '~', ARGV[6], '*',
+      'seq', seq, 'op', 'u', 'id', id, 'meta', meta, 'row', row)
+  end
+end
+if #fresh == 0 then return 0 end
+local first = redis.call('INCRBY', p .. 'next', #fresh) - #fresh
+local j = 1
+while j <= #fresh do
+  local slot = first + j - 1
+  local last = math.min(#fresh, j + (per - slot % per) - 1)
+  local ids, metas = {}, {}
+  for k = j, last do
+    local i = fresh[k]
+    ids[#ids + 1] = ARGV[i]
+    metas[#metas + 1] = ARGV[i + 1]
+    redis.call('HSET', slots, ARGV[i], (first + k - 1) .. '\\31' .. ARGV[i + 1])
+  end
+  write_planes(slot, last - j + 1, function(v)
+    local parts = {}
+    for k = j, last do
+      parts[#parts + 1] = string.sub(ARGV[fresh[k] + 2], v * vecb + 1, (v + 1) * vecb)
+    end
+    return table.concat(parts)
+  end)
+  set_live(slot, last - j + 1)
+  local block = math.floor(slot / per)
+  redis.call('APPEND', p .. 'ids:' .. block, table.concat(ids, '\\n') .. '\\n')
+  redis.call('APPEND', p .. 'meta:' .. block, table.concat(metas, '\\n') .. '\\n')
+  j = last + 1
+end
+return #fresh
+"""
+)
+# The bulk path for items not held yet (a new catalogue, a migration): the same layout, with
+# each column passed as one argument. ARGV: prefix, vector bytes, items per block, n, ids
+# ("\n"-joined), metadata ("\n"-joined), then μ, σ and z (n vectors each). Returns -1, writing
+# nothing, when any of the items is held already (the caller then upserts).
+_APPEND_CODES = (
+    _CODES_LIB
+    + """
+local n = tonumber(ARGV[4])
+local ids, metas = {}, {}
+for id in string.gmatch(ARGV[5], '[^\\n]+') do ids[#ids + 1] = id end
+for meta in string.gmatch(ARGV[6] .. '\\n', '([^\\n]*)\\n') do metas[#metas + 1] = meta end
+if #ids ~= n or #metas ~= n or #ARGV[7] ~= n * vecb then return redis.error_reply('bad batch') end
+for _, held in ipairs(redis.call('HMGET', slots, unpack(ids))) do
+  if held then return -1 end
+end
+local first = redis.call('INCRBY', p .. 'next', n) - n
+local fields = {}
+for k = 1, n do
+  fields[#fields + 1] = ids[k]
+  fields[#fields + 1] = (first + k - 1) .. '\\31' .. metas[k]
+  if #fields >= 4000 or k == n then
+    redis.call('HSET', slots, unpack(fields))
+    fields = {}
+  end
+end
+local j = 1
+while j <= n do
+  local slot = first + j - 1
+  local last = math.min(n, j + (per - slot % per) - 1)
+  write_planes(slot, last - j + 1, function(v)
+    return string.sub(ARGV[7 + v], (j - 1) * vecb + 1, last * vecb)
+  end)
+  set_live(slot, last - j + 1)
+  local block = math.floor(slot / per)
+  redis.call('APPEND', p .. 'ids:' .. block, table.concat(ids, '\\n', j, last) .. '\\n')
+  redis.call('APPEND', p .. 'meta:' .. block, table.concat(metas, '\\n', j, last) .. '\\n')
+  j = last + 1
+end
+return n
+"""
+)
+# Deletes. ARGV: prefix, the served pointer's key, the version, stream cap, then item ids.
+# Returns the number of items deleted.
+_DELETE_CODES = """
+local p = ARGV[1]
+local live = redis.call('GET', ARGV[2]) == ARGV[3]
+local slots, bits, deleted = p .. 'slots', p .. 'live', 0
+for i = 5, #ARGV do
+  local held = redis.call('HGET', slots, ARGV[i])
+  if held then
+    local sep = string.find(held, '\\31', 1, true)
+    redis.call('SETBIT', bits, tonumber(string.sub(held, 1, sep - 1)), 0)
+    redis.call('HDEL', slots, ARGV[i])
+    deleted = deleted + 1
+    if live then
+      local seq = redis.call('INCR', p .. 'seq')
+      redis.call('XADD', p .. 'changes', 'MAXLEN', '~', ARGV[4], '*', 'seq', seq, 'op', 'd', 'id', ARGV[i])
+    end
+  end
+end
+return deleted
+"""
 _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
@@ -174,14 +347,15 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class CodeMatrix:
-    """All codes of one generation, row-aligned with item_ids."""
+    """The live codes of one generation, row-aligned with item_ids (in slot order)."""
 
     version: int
     item_ids: list[str]
     mu: np.ndarray
     sigma: np.ndarray
     z: np.ndarray
-    metadata: list[dict[str, str]]
+    metadata: Sequence[dict[str, str]]
+    position: tuple[int, str] = (0, "0-0")  # the last change included: (sequence, stream id)
 
 
 class CodeStore:
@@ -193,6 +367,9 @@ class CodeStore:
         self._begin_chunk = client.register_script(_BEGIN_CHUNK)
         self._advance_queued = client.register_script(_ADVANCE_QUEUED)
         self._set_if_exists = client.register_script(_SET_IF_EXISTS)
+        self._upsert_codes = client.register_script(_UPSERT_CODES)
+        self._delete_codes = client.register_script(_DELETE_CODES)
+        self._append_codes = client.register_script(_APPEND_CODES)
 
     @classmethod
     def from_url(cls, url: str) -> CodeStore:
@@ -271,55 +448,274 @@ class CodeStore:
 
     # --- codes ---
 
-    def upsert_codes(self, version: int, records: Sequence[ItemRecord]) -> None:
+    def upsert_codes(self, version: int, records: Sequence[ItemRecord]) -> int:
+        """Write codes (new items, or new codes for held ones). Returns how many took a new slot."""
         pipe = self.redis.pipeline(transaction=True)
         self._queue_upserts(pipe, version, records)
-        pipe.execute()
+        return sum(int(n) for n in pipe.execute())
 
     def _queue_upserts(self, pipe, version: int, records: Sequence[ItemRecord]) -> None:
-        for record in records:
-            mapping: dict[str, bytes | str] = {
-                "mu": pack(record.mu),
-                "sigma": pack(record.sigma),
-                "z": pack(record.z),
-            }
-            mapping.update({k: record.metadata.get(k, "") for k in METADATA_FIELDS})
-            pipe.hset(self._item_key(version, record.item_id), mapping=mapping)
-            pipe.sadd(f"{PREFIX}gen:{version}:items", record.item_id)
+        for batch in _chunks(records, UPSERT_BATCH):
+            args: list[str | bytes] = []
+            for record in batch:
+                args += [
+                    _checked_id(record.item_id),
+                    pack_metadata(record.metadata),
+                    pack_row(record.mu, record.sigma, record.z),
+                ]
+            dim = len(batch[0].mu)
+            self._upsert_codes(args=[*self._code_args(version, dim), *args], client=pipe)
+
+    def _code_args(self, version: int, dim: int) -> list[str]:
+        return [
+            _generation_prefix(version),
+            str(4 * dim),
+            str(BLOCK_ITEMS),
+            f"{PREFIX}served",
+            str(version),
+            str(CHANGES_CAP),
+        ]
+
+    def delete_codes(self, version: int, item_ids: Sequence[str]) -> int:
+        """Delete items from a generation (the served one's replicas drop them live). Returns the
+        number that were held."""
+        deleted = 0
+        for batch in _chunks(item_ids, UPSERT_BATCH):
+            deleted += int(
+                self._delete_codes(
+                    args=[
+                        _generation_prefix(version),
+                        f"{PREFIX}served",
+                        str(version),
+                        str(CHANGES_CAP),
+                        *batch,
+                    ]
+                )
+            )
+        return deleted
 
     def item(self, version: int, item_id: str) -> ItemRecord | None:
-        data = self.redis.hgetall(self._item_key(version, item_id))
-        return _record(item_id, data) if data else None
+        prefix = _generation_prefix(version)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(prefix + "slots", item_id)
+        pipe.get(prefix + "vector_bytes")
+        held, vector_bytes = pipe.execute()
+        if held is None or vector_bytes is None:
+            return None
+        slot_text, meta = held.split(SEP, 1)
+        slot, width = int(slot_text), int(vector_bytes)
+        block = f"{prefix}block:{slot // BLOCK_ITEMS}"
+        pipe = self.redis.pipeline(transaction=False)
+        for plane in range(ROW_VECTORS):
+            offset = (plane * BLOCK_ITEMS + slot % BLOCK_ITEMS) * width
+            pipe.getrange(block, offset, offset + width - 1)
+        mu, sigma, z = (np.frombuffer(raw, "<f4").astype(np.float32) for raw in pipe.execute())
+        return ItemRecord(item_id, mu, sigma, z, unpack_metadata(meta))
+
+    def items_held(self, version: int, item_ids: Sequence[str]) -> list[bool]:
+        """Whether each id is an item of the generation (one round trip)."""
+        if not item_ids:
+            return []
+        held = self.redis.hmget(_generation_prefix(version) + "slots", list(item_ids))
+        return [value is not None for value in held]
 
     def item_count(self, version: int) -> int:
-        return int(self.redis.scard(f"{PREFIX}gen:{version}:items"))
+        return int(self.redis.hlen(_generation_prefix(version) + "slots"))
 
     def item_ids(self, version: int) -> list[str]:
-        return sorted(v.decode() for v in self.redis.smembers(f"{PREFIX}gen:{version}:items"))
+        return sorted(v.decode() for v in self.redis.hkeys(_generation_prefix(version) + "slots"))
 
-    def load_codes(self, version: int, batch: int = 2000) -> CodeMatrix:
-        """Every code of a generation, for building indexes at startup."""
-        ids = self.item_ids(version)
-        records: list[ItemRecord] = []
-        for chunk in _chunks(ids, batch):
-            pipe = self.redis.pipeline(transaction=False)
-            for item_id in chunk:
-                pipe.hgetall(self._item_key(version, item_id))
-            for item_id, data in zip(chunk, pipe.execute(), strict=True):
-                if data:
-                    records.append(_record(item_id, data))
+    def change_position(self, version: int) -> int:
+        """The sequence number of the generation's last change (0 before the first)."""
+        return int(self.redis.get(_generation_prefix(version) + "seq") or 0)
+
+    def changes_after(
+        self, version: int, sequence: int, stream_id: str, count: int = 10_000, block_ms: int = 0
+    ) -> ChangeBatch:
+        """Changes after (sequence, stream_id): the next ones in order, or `gap` when some were
+        trimmed away (the reader must then reload the generation)."""
+        key = _generation_prefix(version) + "changes"
+        if block_ms:
+            found = self.redis.xread({key: stream_id}, count=count, block=block_ms)
+            entries = found[0][1] if found else []
+        else:
+            entries = self.redis.xrange(key, min=f"({stream_id}", count=count)
+        changes = []
+        expected = sequence + 1
+        for entry_id, fields in entries:
+            seq = int(fields[b"seq"])
+            if seq < expected:
+                continue
+            if seq != expected:
+                return ChangeBatch([], sequence, stream_id, gap=True)
+            expected += 1
+            changes.append(
+                Change(
+                    seq,
+                    fields[b"op"].decode(),
+                    fields[b"id"].decode(),
+                    unpack_metadata(fields[b"meta"]) if b"meta" in fields else {},
+                    fields.get(b"row", b""),
+                )
+            )
+            stream_id = entry_id.decode()
+        if not entries and sequence < self.change_position(version):
+            # Nothing after our entry, yet the counter moved past us: trimmed (or a new stream).
+            return ChangeBatch([], sequence, stream_id, gap=True)
+        return ChangeBatch(changes, expected - 1, stream_id, gap=False)
+
+    def load_codes(
+        self, version: int, keep: Callable[[str], bool] | None = None, blocks_per_call: int = 8
+    ) -> CodeMatrix:
+        """Every live code of a generation (those whose id passes `keep`), in slot order, and the
+        change position they include: changes after it are to be applied on top."""
+        self.migrate_generation(version)  # no-op unless written in the first layout
+        prefix = _generation_prefix(version)
+        pipe = self.redis.pipeline(transaction=True)
+        for name in ("next", "live", "seq", "vector_bytes"):
+            pipe.get(prefix + name)
+        pipe.xrevrange(prefix + "changes", count=1)
+        next_slot, live_bits, seq, vector_bytes, last = pipe.execute()
+        slots = int(next_slot or 0)
         model = self.model(version)
-        dim = model.latent_dim if model else (len(records[0].mu) if records else 0)
-        stack = (lambda name: np.stack([getattr(r, name) for r in records])) if records else None
-        empty = np.zeros((0, dim), np.float32)
+        dim = int(vector_bytes) // 4 if vector_bytes else (model.latent_dim if model else 0)
+        live = np.zeros(slots, bool)
+        bits = np.unpackbits(np.frombuffer(live_bits or b"", np.uint8))[:slots].astype(bool)
+        live[: len(bits)] = bits
+        ids: list[str] = []
+        metas: list[bytes] = []
+        # Filled plane by plane: one copy of the codes, never a list of blocks concatenated.
+        planes = [np.empty((slots, dim), np.float32) for _ in range(ROW_VECTORS)]
+        filled = 0
+        blocks = -(-slots // BLOCK_ITEMS)
+        for first in range(0, blocks, blocks_per_call):
+            pipe = self.redis.pipeline(transaction=False)
+            span = range(first, min(blocks, first + blocks_per_call))
+            for block in span:
+                pipe.get(prefix + f"block:{block}")
+                pipe.get(prefix + f"ids:{block}")
+                pipe.get(prefix + f"meta:{block}")
+            replies = pipe.execute()
+            for offset, block in enumerate(span):
+                data, id_text, meta_text = replies[3 * offset : 3 * offset + 3]
+                base = block * BLOCK_ITEMS
+                count = min(BLOCK_ITEMS, slots - base)
+                block_ids = (id_text or b"").decode().split("\n")[:count]
+                block_metas = (meta_text or b"").split(b"\n")[:count]
+                stored = np.frombuffer(data or b"", "<f4")
+                chosen = live[base : base + count].copy()
+                if keep is not None:
+                    chosen &= np.fromiter(map(keep, block_ids), bool, count)
+                picked = None if chosen.all() else np.flatnonzero(chosen)
+                taken = count if picked is None else len(picked)
+                for plane, out in enumerate(planes):
+                    start = plane * BLOCK_ITEMS * dim
+                    vectors = stored[start : start + count * dim].reshape(count, dim)
+                    out[filled : filled + taken] = vectors if picked is None else vectors[picked]
+                if picked is None:
+                    ids += block_ids
+                    metas += block_metas
+                else:
+                    ids += [block_ids[i] for i in picked.tolist()]
+                    metas += [block_metas[i] for i in picked.tolist()]
+                filled += taken
+        mu, sigma, z = (plane if filled == slots else plane[:filled].copy() for plane in planes)
+        del planes
         return CodeMatrix(
             version=version,
-            item_ids=[r.item_id for r in records],
-            mu=stack("mu") if stack else empty,
-            sigma=stack("sigma") if stack else empty,
-            z=stack("z") if stack else empty,
-            metadata=[r.metadata for r in records],
+            item_ids=ids,
+            mu=mu,
+            sigma=sigma,
+            z=z,
+            metadata=Metadata(metas),
+            position=(int(seq or 0), last[0][0].decode() if last else "0-0"),
         )
+
+    def write_generation(
+        self,
+        version: int,
+        item_ids: Sequence[str],
+        mu: np.ndarray,
+        sigma: np.ndarray,
+        z: np.ndarray,
+        metadata: Sequence[dict[str, str]] | None = None,
+        batch: int = BLOCK_ITEMS,
+    ) -> None:
+        """Bulk-write codes (a new catalogue, a migration, a benchmark): one round trip per
+        batch. Items held already are upserted instead, so a re-run after a crash is safe."""
+        dim = mu.shape[1]
+        empty = pack_metadata({})
+
+        def send(start: int, end: int, ids: list[str], args: list) -> None:
+            if int(self._append_codes(args=args)) < 0:
+                records = [
+                    ItemRecord(
+                        ids[i],
+                        mu[start + i],
+                        sigma[start + i],
+                        z[start + i],
+                        metadata[start + i] if metadata else {},
+                    )
+                    for i in range(len(ids))
+                ]
+                self.upsert_codes(version, records)
+
+        # Packing the next batch overlaps Redis writing this one (two CPUs instead of one).
+        with ThreadPoolExecutor(1, thread_name_prefix="code-writer") as sender:
+            pending = None
+            for start in range(0, len(item_ids), batch):
+                end = min(len(item_ids), start + batch)
+                ids = _checked_ids(item_ids[start:end])
+                metas = [pack_metadata(m) for m in metadata[start:end]] if metadata else None
+                args = [
+                    _generation_prefix(version),
+                    str(4 * dim),
+                    str(BLOCK_ITEMS),
+                    str(len(ids)),
+                    "\n".join(ids),
+                    "\n".join(metas) if metas else "\n".join([empty] * len(ids)),
+                    *(np.ascontiguousarray(v[start:end], "<f4").tobytes() for v in (mu, sigma, z)),
+                ]
+                if pending is not None:
+                    pending.result()
+                pending = sender.submit(send, start, end, ids, args)
+            if pending is not None:
+                pending.result()
+
+    def random_item_id(self, version: int) -> str | None:
+        value = self.redis.hrandfield(_generation_prefix(version) + "slots")
+        return value.decode() if value else None
+
+    def migrate_generation(self, version: int, batch: int = 2000) -> int:
+        """Move a generation written in the first layout (a set of ids and one hash per item)
+        into blocks, then delete the old keys. Safe to re-run after a crash: the upsert is
+        idempotent, and old keys are deleted only after their codes are in blocks."""
+        old_ids = f"{PREFIX}gen:{version}:items"
+        if self.redis.type(old_ids) != b"set":
+            return 0
+        moved = 0
+        for chunk in _chunks(sorted(v.decode() for v in self.redis.smembers(old_ids)), batch):
+            pipe = self.redis.pipeline(transaction=False)
+            for item_id in chunk:
+                pipe.hgetall(f"{PREFIX}gen:{version}:item:{item_id}")
+            records = [
+                _record(item_id, data)
+                for item_id, data in zip(chunk, pipe.execute(), strict=True)
+                if data
+            ]
+            if records:
+                self.upsert_codes(version, records)
+            pipe = self.redis.pipeline(transaction=False)
+            for item_id in chunk:
+                pipe.delete(f"{PREFIX}gen:{version}:item:{item_id}")
+            pipe.srem(old_ids, *chunk)
+            pipe.execute()
+            moved += len(records)
+        return moved
+
+    def migrate(self) -> dict[int, int]:
+        """Migrate every registered generation still in the first layout."""
+        return {v: n for v in self.model_versions() if (n := self.migrate_generation(v))}
 
     def partition_centres(self, version: int, space: str, k: int) -> np.ndarray | None:
         raw = self.redis.hget(f"{PREFIX}gen:{version}:index", f"kmeans:{space}:{k}")
@@ -343,14 +739,6 @@ class CodeStore:
         stored = self.derived_state(version, name)
         assert stored is not None
         return stored
-
-    def random_item_id(self, version: int) -> str | None:
-        value = self.redis.srandmember(f"{PREFIX}gen:{version}:items")
-        return value.decode() if value else None
-
-    @staticmethod
-    def _item_key(version: int, item_id: str) -> str:
-        return f"{PREFIX}gen:{version}:item:{item_id}"
 
     # --- jobs ---
 
@@ -584,6 +972,113 @@ class QueueState:
     @property
     def in_flight(self) -> int:
         return self.queued - self.finished
+
+
+def _generation_prefix(version: int) -> str:
+    return f"{PREFIX}gen:{int(version)}:"
+
+
+def _block_key(version: int, block: int) -> str:
+    return f"{_generation_prefix(version)}block:{block}"
+
+
+def _checked_id(item_id: str) -> str:
+    if not item_id or _FORBIDDEN.search(item_id):
+        raise ValueError(f"item id {item_id[:40]!r} is empty or holds control characters")
+    return item_id
+
+
+def _checked_ids(item_ids: Sequence[str]) -> list[str]:
+    ids = list(item_ids)
+    joined = "".join(ids)
+    if _FORBIDDEN.search(joined) or not all(ids):
+        for item_id in ids:
+            _checked_id(item_id)
+    return ids
+
+
+def pack_metadata(metadata: dict[str, str]) -> str:
+    """The metadata fields in METADATA_FIELDS order; control characters (the separators) become
+    spaces, so a stored line always splits back into the same fields."""
+    values = [metadata.get(k) or "" for k in METADATA_FIELDS]
+    joined = FIELD_SEP.join(values)
+    if joined.replace(FIELD_SEP, "").isprintable():  # the common case, at C speed
+        return joined
+    return FIELD_SEP.join(_FORBIDDEN.sub(" ", v) for v in values)
+
+
+def unpack_metadata(packed: bytes | str) -> dict[str, str]:
+    text = packed.decode() if isinstance(packed, bytes) else packed
+    return dict(zip(METADATA_FIELDS, text.split(FIELD_SEP), strict=False))
+
+
+def pack_row(mu: np.ndarray, sigma: np.ndarray, z: np.ndarray) -> bytes:
+    """One item's μ, σ and z as little-endian float32, in that order (a change's row)."""
+    return b"".join(np.ascontiguousarray(v, "<f4").tobytes() for v in (mu, sigma, z))
+
+
+def unpack_row(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mu, sigma, z = np.frombuffer(raw, "<f4").astype(np.float32).reshape(ROW_VECTORS, -1)
+    return mu, sigma, z
+
+
+class Metadata(Sequence):
+    """Per-row catalogue metadata, kept packed (one bytes object per row) and unpacked on access:
+    a dict per row would cost several times the codes at millions of items."""
+
+    def __init__(self, packed: list[bytes]):
+        self._packed = packed
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __getitem__(self, row):  # type: ignore[override]
+        if isinstance(row, slice):
+            return [unpack_metadata(p) for p in self._packed[row]]
+        return unpack_metadata(self._packed[row])
+
+    def columns(self, *names: str) -> dict[str, np.ndarray]:
+        """Whole columns, e.g. the attributes a search filters on, at C speed: every packed row
+        has exactly one field per METADATA_FIELDS, so a chunk's rows joined and split again are
+        its fields in row-major order."""
+        width = len(METADATA_FIELDS)
+        positions = [METADATA_FIELDS.index(name) for name in names]
+        values: list[list[str]] = [[] for _ in names]
+        separator = FIELD_SEP.encode()
+        for start in range(0, len(self._packed), 100_000):
+            chunk = self._packed[start : start + 100_000]
+            fields = separator.join(chunk).decode().split(FIELD_SEP)
+            if len(fields) != width * len(chunk):  # a row of another shape: the slow way
+                rows = [unpack_metadata(packed) for packed in chunk]
+                fields = [row.get(name, "") for row in rows for name in METADATA_FIELDS]
+            for out, position in zip(values, positions, strict=True):
+                out += fields[position::width]
+        return {
+            name: np.array(column, dtype=object).astype(str)
+            for name, column in zip(names, values, strict=True)
+        }
+
+    def appended(self, packed: list[bytes]) -> Metadata:
+        return Metadata(self._packed + packed)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to a served generation: an upsert (with its metadata and packed row) or a delete."""
+
+    sequence: int
+    op: str  # "u" or "d"
+    item_id: str
+    metadata: dict[str, str]
+    row: bytes
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    changes: list[Change]
+    sequence: int  # the last change's sequence number
+    stream_id: str  # and its stream entry, to read on from
+    gap: bool  # changes were trimmed away: reload the generation
 
 
 def _record(item_id: str, data: dict[bytes, bytes]) -> ItemRecord:

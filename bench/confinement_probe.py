@@ -274,7 +274,7 @@ def probe_retention(suite, stub, store: CodeStore, area: dict[str, Path]) -> dic
             "then again once a worker has encoded both jobs: entries (inline bytes included) "
             "are deleted as each item is recorded, and what is left (the job hash, the id "
             "list, done set, failures, chunk marks) expires after JOB_TTL_SECONDS. Codes "
-            "(gen:1:item:* hashes and the gen:1:items set) are per encoded item and never expire. "
+            "(gen:1:* blocks, slot map and bitmap) grow per encoded item and never expire. "
             "queued_task_messages: the per-job window (MAX_QUEUED_CHUNKS_PER_JOB) bounds it."
         ),
     }

@@ -137,11 +137,12 @@ def main() -> int:
                 log.info("killed worker1 (pid %d) at %d items", victim.pid, killed["at"])
 
         killed_job = wait_for(stub, kill_job, timeout=1800, on_progress=maybe_kill)
-        # One hash per (item, version) means a second code cannot exist; what can go wrong is an
-        # item with no code and no failure (lost), or one counted twice by the job (duplicated).
-        pattern = f"atelier:gen:{version}:item:kill-*"
-        keys = [k.decode() for k in store.redis.scan_iter(match=pattern, count=10_000)]
-        stored_ids = {k.split(":item:", 1)[1] for k in keys}
+        # What can go wrong is an item with no code and no failure (lost), or a code written
+        # twice (a second slot taken for the same item) or counted twice by the job (duplicated).
+        stored_ids = {i for i in store.item_ids(version) if i.startswith("kill-")}
+        extra_slots = int(store.redis.get(f"atelier:gen:{version}:next") or 0) - (
+            store.item_count(version)
+        )
         failed_ids = {
             k.decode() for k in store.redis.hkeys(f"atelier:job:{kill_job.job_id}:failed")
         }
@@ -149,7 +150,7 @@ def main() -> int:
         expected_ids = {f"kill-{i.item_id}" for i in subset}
         lost = len(expected_ids - stored_ids - failed_ids)
         duplicated = (
-            (len(keys) - len(stored_ids))
+            extra_slots
             + len(done_ids & failed_ids)
             + max(0, killed_job.done + killed_job.failed - len(subset))
         )

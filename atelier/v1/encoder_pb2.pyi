@@ -110,3 +110,51 @@ class RemoveGenerationResponse(_message.Message):
     REMOVED_KEYS_FIELD_NUMBER: _ClassVar[int]
     removed_keys: int
     def __init__(self, removed_keys: _Optional[int] = ...) -> None: ...
+
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("entries", "model_version")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[CatalogueEntry]
+    model_version: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[CatalogueEntry, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class ItemOutcome(_message.Message):
+    __slots__ = ("item_id", "ok", "reason")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    ok: bool
+    reason: str
+    def __init__(self, item_id: _Optional[str] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UpsertItemsResponse(_message.Message):
+    __slots__ = ("outcomes", "model_version", "change_sequence")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[ItemOutcome]
+    model_version: int
+    change_sequence: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ItemOutcome, _Mapping]]] = ..., model_version: _Optional[int] = ..., change_sequence: _Optional[int] = ...) -> None: ...
+
+class DeleteItemsRequest(_message.Message):
+    __slots__ = ("item_ids", "model_version")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    model_version: int
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class DeleteItemsResponse(_message.Message):
+    __slots__ = ("deleted", "not_found", "model_version", "change_sequence")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    not_found: _containers.RepeatedScalarFieldContainer[str]
+    model_version: int
+    change_sequence: int
+    def __init__(self, deleted: _Optional[int] = ..., not_found: _Optional[_Iterable[str]] = ..., model_version: _Optional[int] = ..., change_sequence: _Optional[int] = ...) -> None: ...

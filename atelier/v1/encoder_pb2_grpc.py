@@ -70,6 +70,16 @@ class EncoderServiceStub:
                 request_serializer=atelier_dot_v1_dot_encoder__pb2.RemoveGenerationRequest.SerializeToString,
                 response_deserializer=atelier_dot_v1_dot_encoder__pb2.RemoveGenerationResponse.FromString,
                 _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/atelier.v1.EncoderService/UpsertItems',
+                request_serializer=atelier_dot_v1_dot_encoder__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_encoder__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.DeleteItems = channel.unary_unary(
+                '/atelier.v1.EncoderService/DeleteItems',
+                request_serializer=atelier_dot_v1_dot_encoder__pb2.DeleteItemsRequest.SerializeToString,
+                response_deserializer=atelier_dot_v1_dot_encoder__pb2.DeleteItemsResponse.FromString,
+                _registered_method=True)
 
 
 class EncoderServiceServicer:
@@ -126,6 +136,22 @@ class EncoderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertItems(self, request, context):
+        """Encode and write a few items at once, new or changed (writer). In the served generation they
+        reach every retrieval and recommender replica through the generation's change stream, with
+        no rebuild. Each item gets its own outcome; INVALID_ARGUMENT for a request over the limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteItems(self, request, context):
+        """Delete items from a generation (writer); a deleted item never comes back in a result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +189,16 @@ def add_EncoderServiceServicer_to_server(servicer, server):
                     servicer.RemoveGeneration,
                     request_deserializer=atelier_dot_v1_dot_encoder__pb2.RemoveGenerationRequest.FromString,
                     response_serializer=atelier_dot_v1_dot_encoder__pb2.RemoveGenerationResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=atelier_dot_v1_dot_encoder__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_encoder__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'DeleteItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteItems,
+                    request_deserializer=atelier_dot_v1_dot_encoder__pb2.DeleteItemsRequest.FromString,
+                    response_serializer=atelier_dot_v1_dot_encoder__pb2.DeleteItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +390,60 @@ class EncoderService:
             '/atelier.v1.EncoderService/RemoveGeneration',
             atelier_dot_v1_dot_encoder__pb2.RemoveGenerationRequest.SerializeToString,
             atelier_dot_v1_dot_encoder__pb2.RemoveGenerationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.EncoderService/UpsertItems',
+            atelier_dot_v1_dot_encoder__pb2.UpsertItemsRequest.SerializeToString,
+            atelier_dot_v1_dot_encoder__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atelier.v1.EncoderService/DeleteItems',
+            atelier_dot_v1_dot_encoder__pb2.DeleteItemsRequest.SerializeToString,
+            atelier_dot_v1_dot_encoder__pb2.DeleteItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

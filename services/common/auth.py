@@ -38,6 +38,8 @@ METHOD_ROLES: dict[str, Role] = {
     "/atelier.v1.EncoderService/ListGenerations": READER,
     "/atelier.v1.EncoderService/SubmitCatalogue": WRITER,
     "/atelier.v1.EncoderService/CancelJob": WRITER,
+    "/atelier.v1.EncoderService/UpsertItems": WRITER,
+    "/atelier.v1.EncoderService/DeleteItems": WRITER,
     "/atelier.v1.EncoderService/ServeGeneration": ADMIN,
     "/atelier.v1.EncoderService/RemoveGeneration": ADMIN,
     "/atelier.v1.DecoderService/Decode": READER,

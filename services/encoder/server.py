@@ -24,6 +24,10 @@ from services.common.runtime import RunningServer, UnavailableOn, grpc_server
 from services.encoder.config import Settings
 
 log = logging.getLogger(__name__)
+# Items per UpsertItems / DeleteItems call: one synchronous model call and one Redis script;
+# larger sets go through a catalogue job.
+MAX_UPSERT_ITEMS = 256
+MAX_DELETE_ITEMS = 10_000
 SERVICE_NAME = encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name
 JOB_STATES = {
     jobs.JobState.QUEUED: common_pb2.JOB_STATE_QUEUED,
@@ -182,6 +186,84 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         log.info("job %s: %d items for model version %d", job_id, len(entries), shape.version)
         return job_message(jobs.progress(self.store, job_id))
 
+    def UpsertItems(self, request, context):
+        if not request.entries:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give at least one entry")
+        if len(request.entries) > MAX_UPSERT_ITEMS:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"UpsertItems takes at most {MAX_UPSERT_ITEMS} items; submit a catalogue job "
+                f"for more, got {len(request.entries)}",
+            )
+        entries = [
+            jobs.normalise_entry(e.item.item_id, item_metadata(e.item), e.item.image_ref, e.image)
+            for e in request.entries
+        ]
+        try:
+            jobs.validate_entries(entries, self.settings.job_policy)
+        except ValueError as exc:  # LimitExceeded included
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        shape = self._resolve(request.model_version, context)
+        size = (shape.image_height, shape.image_width)
+        try:
+            jobs.ensure_model_registered(
+                self.store,
+                shape.version,
+                size,
+                shape.latent_dim,
+                self.settings.models_dir,
+                self._encode_fn(context),
+            )
+            written, failures = jobs.upsert_items(
+                self.store,
+                self._encode_fn(context),
+                shape.version,
+                size,
+                entries,
+                self.settings.catalogue_roots,
+            )
+        except grpc.RpcError as exc:
+            context.abort(*status_of(exc))
+        done = set(written)
+        return encoder_pb2.UpsertItemsResponse(
+            outcomes=[
+                encoder_pb2.ItemOutcome(
+                    item_id=str(e["item_id"]),
+                    ok=str(e["item_id"]) in done,
+                    reason=failures.get(str(e["item_id"]), ""),
+                )
+                for e in entries
+            ],
+            model_version=shape.version,
+            change_sequence=self._change_sequence(shape.version),
+        )
+
+    def DeleteItems(self, request, context):
+        if not request.item_ids:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give at least one item id")
+        if len(request.item_ids) > MAX_DELETE_ITEMS:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"DeleteItems takes at most {MAX_DELETE_ITEMS} ids, got {len(request.item_ids)}",
+            )
+        version = request.model_version or self.store.served_version()
+        if not version or self.store.model(version) is None:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"model version {version or 'served'} is not registered"
+            )
+        ids = list(dict.fromkeys(request.item_ids))
+        held = self.store.items_held(version, ids)
+        deleted = self.store.delete_codes(version, [i for i, h in zip(ids, held, strict=True) if h])
+        return encoder_pb2.DeleteItemsResponse(
+            deleted=deleted,
+            not_found=[i for i, h in zip(ids, held, strict=True) if not h],
+            model_version=version,
+            change_sequence=self._change_sequence(version),
+        )
+
+    def _change_sequence(self, version: int) -> int:
+        return self.store.change_position(version) if self.store.served_version() == version else 0
+
     def GetJob(self, request, context):
         progress = jobs.progress(
             self.store, request.job_id, max(0, min(request.max_failures, 10_000))
@@ -295,6 +377,8 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
         service_interceptors=[UnavailableOn(UNAVAILABLE_ERRORS, "the job store")],
     ) as running:
         store.redis.ping()
+        for version, moved in store.migrate().items():
+            log.info("generation %d: %d codes moved into blocks (the first layout)", version, moved)
         model.shape()  # the model server answers: now we are ready
         scan = threading.Thread(
             target=scan_jobs, args=(settings, store, enqueue, stop), name="job-scan", daemon=True

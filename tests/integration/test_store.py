@@ -9,7 +9,15 @@ from atelier import jobs
 from atelier.catalogue import load_image_file
 from atelier.confinement import CatalogueRoots
 from atelier.modelstore import LoadedEncoder
-from atelier.store import GENERATION_CHANNEL, MODELS, CodeStore, ItemRecord, ModelRecord
+from atelier.store import (
+    BLOCK_ITEMS,
+    GENERATION_CHANNEL,
+    MODELS,
+    CodeStore,
+    ItemRecord,
+    ModelRecord,
+    unpack_row,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,30 +30,43 @@ def _record(item_id: str, seed: int) -> ItemRecord:
     )
 
 
-def test_codes_are_packed_float32_and_round_trip(store: CodeStore):
+def test_codes_are_packed_float32_blocks_and_round_trip(store: CodeStore):
     record = _record("42", 0)
     store.upsert_codes(7, [record])
-    raw = store.redis.hget("atelier:gen:7:item:42", "mu")
-    assert isinstance(raw, bytes) and len(raw) == 16 * 4  # packed float32, not JSON
+    block = store.redis.get("atelier:gen:7:block:0")
+    # Three planes (μ, σ, z) of BLOCK_ITEMS packed float32 vectors: μ of slot 0 comes first.
+    assert np.array_equal(np.frombuffer(block[: 16 * 4], "<f4"), record.mu)
+    assert store.redis.hget("atelier:gen:7:slots", "42").split(b"\x1f")[0] == b"0"
     loaded = store.item(7, "42")
     assert np.array_equal(loaded.mu, record.mu) and np.array_equal(loaded.sigma, record.sigma)
+    assert np.array_equal(loaded.z, record.z)
     assert loaded.metadata["sub_category"] == "Bags"
     assert loaded.metadata["article_type"] == "Handbags" and loaded.metadata["gender"] == ""
     assert store.item(8, "42") is None
 
 
-def test_first_version_records_keep_their_category(store: CodeStore):
-    """Codes written by the first version held one `category` field: it is the subCategory."""
-    record = _record("7", 0)
-    store.redis.hset(
-        "atelier:gen:3:item:7",
-        mapping={"mu": record.mu.tobytes(), "sigma": record.sigma.tobytes(),
-                 "z": record.z.tobytes(), "category": "Eyewear", "article_type": "Sunglasses"},
-    )  # fmt: skip
-    store.redis.sadd("atelier:gen:3:items", "7")
-    (loaded,) = [store.item(3, "7")]
+def test_first_layout_generations_migrate_to_blocks(store: CodeStore):
+    """Codes written by the first versions: one hash per item (the very first held one
+    `category` field: it is the subCategory)."""
+    records = [_record(str(i), i) for i in range(5)]
+    for record in records:
+        store.redis.hset(
+            f"atelier:gen:3:item:{record.item_id}",
+            mapping={"mu": record.mu.tobytes(), "sigma": record.sigma.tobytes(),
+                     "z": record.z.tobytes(), "category": "Eyewear", "article_type": "Sunglasses"},
+        )  # fmt: skip
+        store.redis.sadd("atelier:gen:3:items", record.item_id)
+    store.register_model(ModelRecord(3, 16, 80, 64, "c", np.zeros(16, np.float32)))
+    assert store.migrate() == {3: 5}
+    assert store.migrate() == {}  # nothing left in the first layout
+    assert not list(store.redis.scan_iter(match="atelier:gen:3:item:*"))
+    assert not store.redis.exists("atelier:gen:3:items")
+    loaded = store.item(3, "4")
     assert loaded.metadata["sub_category"] == "Eyewear"
-    assert store.load_codes(3).metadata[0]["sub_category"] == "Eyewear"
+    assert np.array_equal(loaded.mu, records[4].mu) and np.array_equal(loaded.z, records[4].z)
+    matrix = store.load_codes(3)
+    assert sorted(matrix.item_ids) == ["0", "1", "2", "3", "4"]
+    assert matrix.metadata.columns("sub_category")["sub_category"].tolist() == ["Eyewear"] * 5
 
 
 def test_upserts_are_idempotent(store: CodeStore):
@@ -53,10 +74,67 @@ def test_upserts_are_idempotent(store: CodeStore):
     for _ in range(3):
         store.upsert_codes(1, records)
     assert store.item_count(1) == 50
-    assert len(list(store.redis.scan_iter(match="atelier:gen:1:item:*"))) == 50
+    assert int(store.redis.get("atelier:gen:1:next")) == 50  # no slot taken twice
     matrix = store.load_codes(1)
     order = {item_id: row for row, item_id in enumerate(matrix.item_ids)}
     assert np.array_equal(matrix.mu[order["7"]], records[7].mu)
+
+
+def test_bulk_writes_and_loads_blocks_across_boundaries(store: CodeStore):
+    count = BLOCK_ITEMS * 2 + 17
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(count, 16)).astype(np.float32)
+    sigma = rng.uniform(0.1, 1, (count, 16)).astype(np.float32)
+    ids = [f"i{n}" for n in range(count)]
+    metadata = [{"sub_category": f"s{n % 3}", "gender": "Men"} for n in range(count)]
+    store.write_generation(4, ids[:100], mu[:100], sigma[:100], mu[:100] + sigma[:100], metadata)
+    # A re-run after a crash writes what is held again through the upsert: nothing is doubled.
+    store.write_generation(4, ids, mu, sigma, mu + sigma, metadata, batch=1000)
+    assert store.item_count(4) == count and int(store.redis.get("atelier:gen:4:next")) == count
+    matrix = store.load_codes(4)
+    assert matrix.item_ids == ids
+    assert np.array_equal(matrix.mu, mu) and np.array_equal(matrix.sigma, sigma)
+    assert np.array_equal(matrix.z, mu + sigma)
+    columns = matrix.metadata.columns("sub_category", "gender")
+    assert columns["sub_category"].tolist() == [m["sub_category"] for m in metadata]
+    assert np.array_equal(store.item(4, "i8200").mu, mu[8200])
+    even = store.load_codes(4, keep=lambda item_id: int(item_id[1:]) % 2 == 0)
+    assert even.item_ids == ids[::2] and np.array_equal(even.sigma, sigma[::2])
+
+
+def test_changed_metadata_takes_a_new_slot_and_deletes_stay_deleted(store: CodeStore):
+    records = [_record(str(i), i) for i in range(10)]
+    store.upsert_codes(5, records)
+    moved = ItemRecord(
+        "3", records[3].mu, records[3].sigma, records[3].z, {"sub_category": "Shoes"}
+    )
+    assert store.upsert_codes(5, [moved]) == 1
+    assert store.delete_codes(5, ["4", "unknown"]) == 1
+    assert store.delete_codes(5, ["4"]) == 0
+    matrix = store.load_codes(5)
+    assert matrix.item_ids == ["0", "1", "2", "5", "6", "7", "8", "9", "3"]
+    assert matrix.metadata[-1]["sub_category"] == "Shoes"
+    assert store.item(5, "4") is None and store.items_held(5, ["3", "4"]) == [True, False]
+    assert store.upsert_codes(5, [records[4]]) == 1  # back, in a new slot
+    assert store.load_codes(5).item_ids[-1] == "4"
+
+
+def test_changes_to_the_served_generation_are_streamed_in_order(store: CodeStore):
+    store.register_model(ModelRecord(6, 16, 80, 64, "f", np.zeros(16, np.float32)))
+    store.upsert_codes(6, [_record("a", 1)])  # not served yet: nobody to tell
+    assert store.change_position(6) == 0
+    store.serve(6)
+    loaded = store.load_codes(6)
+    store.upsert_codes(6, [_record("b", 2)])
+    store.delete_codes(6, ["a"])
+    batch = store.changes_after(6, *loaded.position)
+    assert [(c.sequence, c.op, c.item_id) for c in batch.changes] == [(1, "u", "b"), (2, "d", "a")]
+    assert np.array_equal(unpack_row(batch.changes[0].row)[0], _record("b", 2).mu)
+    assert not batch.gap and batch.sequence == 2
+    assert store.changes_after(6, batch.sequence, batch.stream_id).changes == []
+    # A reader whose next change was trimmed away is told to reload, never skips silently.
+    store.redis.xtrim("atelier:gen:6:changes", maxlen=1, approximate=False)
+    assert store.changes_after(6, *loaded.position).gap
 
 
 def test_serving_switch_is_atomic_and_announced(store: CodeStore):
@@ -91,7 +169,9 @@ def test_old_generation_stays_until_removed(store: CodeStore):
     store.serve(1)
     with pytest.raises(ValueError, match="being served"):
         store.remove_generation(1)
-    assert store.remove_generation(2) == 3  # the model record, the item's hash, the items set
+    # The model record; the slot map, the live bitmap, the slot counter, the vector width, the
+    # block and its ids and metadata.
+    assert store.remove_generation(2) == 8
     assert store.model_versions() == [1]
     assert store.item(2, "a") is None and store.item(1, "a") is not None
 
