@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import KMeans
 
+ASSIGN_CHUNK_VALUES = 1 << 22  # float64 values per chunk of nearest-centre distances
+SUM_CHUNK_VALUES = 1 << 22  # float64 values per chunk of category sums
+
 
 @dataclass(frozen=True)
 class Partition:
@@ -19,9 +22,16 @@ class Partition:
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """Nearest centre (Euclidean) for each row: how a query finds its cluster."""
-        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
-        distances = ((vectors[:, None, :] - self.centres[None].astype(np.float64)) ** 2).sum(axis=2)
-        return np.argmin(distances, axis=1)
+        vectors = np.atleast_2d(np.asarray(vectors))
+        centres = self.centres.astype(np.float64)
+        labels = np.zeros(len(vectors), np.int64)
+        # Chunked so the (rows, centres, dims) differences stay small at millions of rows.
+        step = max(1, ASSIGN_CHUNK_VALUES // max(1, centres.size))
+        for start in range(0, len(vectors), step):
+            chunk = vectors[start : start + step].astype(np.float64)
+            distances = ((chunk[:, None, :] - centres[None]) ** 2).sum(axis=2)
+            labels[start : start + step] = np.argmin(distances, axis=1)
+        return labels
 
     def nearest(self, vector: np.ndarray, count: int) -> np.ndarray:
         """The `count` partitions whose centres are closest to one vector (for nprobe)."""
@@ -71,10 +81,18 @@ def by_labels(
         index = np.array([position[label] for label in labels.tolist()], dtype=np.int64)
     except KeyError as exc:
         raise ValueError(f"label {exc.args[0]!r} is not one of the partitions") from None
-    vectors = np.asarray(vectors, np.float64)
+    vectors = np.asarray(vectors)
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
     sums = np.zeros((len(names), dim))
-    np.add.at(sums, index, vectors)
     counts = np.bincount(index, minlength=len(names))
+    # Sum each label's rows in label order, a chunk at a time (np.add.at is slow at millions of
+    # rows, and a float64 copy of every code would double the memory).
+    order = np.argsort(index, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    step = max(1, SUM_CHUNK_VALUES // max(1, dim))
+    for label in range(len(names)):
+        for start in range(bounds[label], bounds[label + 1], step):
+            rows = order[start : min(start + step, bounds[label + 1])]
+            sums[label] += vectors[rows].sum(axis=0, dtype=np.float64)
     centres = sums / np.maximum(counts, 1)[:, None]
     return Partition(centres.astype(np.float32), index, names)

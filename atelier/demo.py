@@ -55,9 +55,10 @@ def run_demo(
     home = by_sub.position(str(categories.subs[query]))
     assert home is not None
     rule = gender_rule(str(genders[query]))
-    look = recommend(by_sub, "fixed_eps", codes.z[query], neighbours, home, None, rule, query)
+    own = np.array([query], np.int64)
+    look = recommend(by_sub, "fixed_eps", codes.z[query], neighbours, home, None, rule, own)
     by_loglik = by_sub.index.search(
-        "loglik", codes.mu[query], neighbours, by_sub.members[home], exclude_row=query
+        "loglik", codes.mu[query], neighbours, by_sub.members[home], exclude_rows=own
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,11 @@ class Found:
     searched: tuple[str, ...]  # the partitions searched; empty for the whole catalogue
 
 
+def own_row(query: Query) -> np.ndarray | None:
+    """The rows a query never returns: its own, for a catalogue item."""
+    return None if query.row is None else np.array([query.row], np.int64)
+
+
 def partitioning(generation: Generation, name: str) -> Partitioning:
     if name not in generation.partitionings:
         raise PartitionUnavailable(
@@ -87,7 +92,7 @@ def search(
         searched = [home_partition(cut, method, query)]
     members = None if searched is None else [m for p in searched for m in cut.members[p]]
     rows, scores = cut.index.search(
-        method, query.vector, k, members, where, query.row if exclude_query else None
+        method, query.vector, k, members, where, own_row(query) if exclude_query else None
     )
     names = () if searched is None else tuple(cut.names[p] for p in searched)
     return Found(rows, scores, cut.name, names)

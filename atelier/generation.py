@@ -18,8 +18,9 @@ import numpy as np
 
 from atelier.categories import CategoryPredictor
 from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
-from atelier.search import CodeSet, SearchIndex, Where
-from atelier.store import CodeStore
+from atelier.search import CodeSet, IndexOptions, SearchIndex, Where
+from atelier.sharding import Shard
+from atelier.store import CodeStore, Metadata
 
 log = logging.getLogger(__name__)
 SPACES = ("mu", "z")
@@ -64,7 +65,7 @@ class CategoryOf:
 class Generation:
     version: int
     codes: CodeSet
-    metadata: list[dict[str, str]]
+    metadata: Metadata
     row_of: dict[str, int]
     attributes: dict[str, np.ndarray]  # per row: sub_category, master_category, gender, ...
     from_label: np.ndarray  # per row: is the subCategory the catalogue's label?
@@ -196,13 +197,15 @@ def index_partitions(
     attributes: dict[str, np.ndarray],
     master_of: dict[str, str],
     kmeans: dict[str, Partition] | None = None,
+    index_options: IndexOptions | None = None,
 ) -> dict[str, Partitioning]:
-    """The subCategory and masterCategory partitionings over one exact index per subCategory,
-    and the k-means partitioning over its own index when centres are given."""
+    """The subCategory and masterCategory partitionings over one index whose partitions are the
+    subCategories, and the k-means partitioning over its own index when centres are given.
+    `index_options` says how each index is laid out (flat, or IVF sublists per partition)."""
     subs, masters = attributes[SUB], attributes[MASTER]
     sub_names = tuple(sorted(set(subs.tolist())))
     by_sub = {s: by_labels(codes.space(s), subs, sub_names) for s in SPACES}
-    category_index = SearchIndex(codes, by_sub, attributes)
+    category_index = SearchIndex(codes, by_sub, attributes, options=index_options)
     master_names = tuple(sorted(set(masters.tolist())))
     by_master = {s: by_labels(codes.space(s), masters, master_names) for s in SPACES}
     partitionings = {
@@ -219,8 +222,9 @@ def index_partitions(
     }
     if kmeans:
         count = len(kmeans["mu"].centres)
+        kmeans_index = SearchIndex(codes, kmeans, attributes, options=index_options)
         partitionings[KMEANS] = Partitioning(
-            KMEANS, kmeans, SearchIndex(codes, kmeans, attributes), [[i] for i in range(count)]
+            KMEANS, kmeans, kmeans_index, [[i] for i in range(count)]
         )
     return partitionings
 
@@ -231,11 +235,14 @@ def build(
     k: int = 0,
     seed: int = 0,
     searchable: bool = True,
+    index_options: IndexOptions | None = None,
+    shard: Shard | None = None,
 ) -> Generation:
-    """Load a generation from Redis and index it. Derived state (the category predictor, k-means
-    centres) is computed once per generation and kept in Redis, so replicas agree."""
+    """Load a generation from Redis (only `shard`'s items, when given) and index it. Derived
+    state (the category predictor, k-means centres) is computed once per generation and kept in
+    Redis, so replicas and shards agree."""
     started = time.perf_counter()
-    matrix = store.load_codes(version)
+    matrix = store.load_codes(version, keep=shard.owns if shard else None)
     if not matrix.item_ids:
         raise LookupError(f"generation {version} holds no codes")
     if searchable and k and len(matrix.item_ids) < k:
@@ -243,11 +250,11 @@ def build(
             f"generation {version} holds {len(matrix.item_ids)} codes, fewer than k={k} clusters"
         )
     codes = CodeSet(matrix.item_ids, matrix.mu, matrix.sigma, matrix.z)
-    subs = np.array([m.get(SUB, "") for m in matrix.metadata], dtype=object).astype(str)
-    masters = np.array([m.get(MASTER, "") for m in matrix.metadata], dtype=object).astype(str)
+    columns = matrix.metadata.columns(SUB, MASTER, "gender")
+    subs, masters = columns[SUB], columns[MASTER]
     predictor = _category_predictor(store, version, codes.mu, subs, subs != "")
     categories = categorise(codes.mu, subs, masters, predictor)
-    genders = np.array([m.get("gender", "") for m in matrix.metadata], dtype=object).astype(str)
+    genders = columns["gender"]
     attributes = {SUB: categories.subs, MASTER: categories.masters, "gender": genders}
     kmeans = None
     if searchable and k:
@@ -261,7 +268,9 @@ def build(
                 )
             kmeans[space] = from_centres(vectors, stored)
     partitionings = (
-        index_partitions(codes, attributes, categories.master_of, kmeans) if searchable else {}
+        index_partitions(codes, attributes, categories.master_of, kmeans, index_options)
+        if searchable
+        else {}
     )
     spread = codes.mu.std(axis=0)
     generation = Generation(

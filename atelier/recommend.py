@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atelier.find import Query, home_partition, partitioning
+from atelier.find import Query, home_partition, own_row, partitioning
 from atelier.generation import Generation, Partitioning
 from atelier.search import Where, query_space
 
@@ -55,14 +55,15 @@ def recommend(
     home: int,
     targets: Sequence[int] | None = None,
     pairing_where: Where = (),
-    exclude_row: int | None = None,
+    exclude_rows: np.ndarray | None = None,
 ) -> Recommendation:
     """Similar items in `home`, and eq. 3 pairings in each target (every other partition by
-    default, largest first). Pairings pass `pairing_where`; a target with none is left out."""
+    default, largest first). Pairings pass `pairing_where`; a target with none is left out. Rows in
+    `exclude_rows` (sorted) are never returned."""
     centres = partitioning.by_space[query_space(method)].centres.astype(np.float64)
     index = partitioning.index
     query = np.asarray(query, dtype=np.float64)
-    similar = index.search(method, query, k, partitioning.members[home], exclude_row=exclude_row)
+    similar = index.search(method, query, k, partitioning.members[home], exclude_rows=exclude_rows)
     if targets is None:
         sizes = np.bincount(partitioning.by_space["mu"].labels, minlength=len(centres))
         targets = [int(p) for p in np.argsort(-sizes, kind="stable")]
@@ -72,7 +73,7 @@ def recommend(
             continue
         shifted = query + (centres[other] - centres[home])
         rows, scores = index.search(
-            method, shifted, k, partitioning.members[other], pairing_where, exclude_row
+            method, shifted, k, partitioning.members[other], pairing_where, exclude_rows
         )
         if len(rows):
             pairings[other] = (rows, scores)
@@ -115,7 +116,7 @@ def complete_the_look(
         positions = [cut.position(t) for t in targets]
     matched = (query.gender or gender) if match_gender else ""
     rule = gender_rule(matched)
-    result = recommend(cut, method, query.vector, k, home, positions, rule, query.row)
+    result = recommend(cut, method, query.vector, k, home, positions, rule, own_row(query))
     return Look(
         cut.name,
         cut.names[result.home],

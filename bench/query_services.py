@@ -166,7 +166,11 @@ def measure_size(
             row = int(request_ids[i % len(request_ids)])
             home = partitioning.position(str(attributes[SUB][row]))
             partitioning.index.search(
-                method, codes.space(space)[row], 10, partitioning.members[home], exclude_row=row
+                method,
+                codes.space(space)[row],
+                10,
+                partitioning.members[home],
+                exclude_rows=np.array([row]),
             )
 
         grpc_ms, local_ms = timed(rpc, queries), timed(local, queries)

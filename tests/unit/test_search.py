@@ -9,7 +9,15 @@ from atelier.clustering import by_labels, fit_kmeans, from_centres
 from atelier.generation import KMEANS, MASTER, SUB, categorise, index_partitions
 from atelier.latent import log_likelihood
 from atelier.recommend import gender_rule, genders_compatible, recommend
-from atelier.search import METHODS, CodeSet, SearchIndex, brute_force, exact_scores, query_space
+from atelier.search import (
+    METHODS,
+    CodeSet,
+    IndexOptions,
+    SearchIndex,
+    brute_force,
+    exact_scores,
+    query_space,
+)
 
 SUBS = np.array(["Shoes", "Sandal", "Bags", "Wallets", "Topwear", "Bottomwear"])
 MASTER_OF = {
@@ -21,6 +29,7 @@ MASTER_OF = {
     "Bottomwear": "Apparel",
 }
 GENDERS = np.array(["Men", "Women", "Unisex", "Boys"])
+IVF = IndexOptions(kind="ivf")
 
 
 def _codes(n: int = 3000, dim: int = 16, seed: int = 0) -> tuple[CodeSet, dict[str, np.ndarray]]:
@@ -66,6 +75,13 @@ def index(partitionings) -> SearchIndex:
     return partitionings[KMEANS].index
 
 
+@pytest.fixture(scope="module")
+def ivf_index(labelled, partitionings) -> SearchIndex:
+    """The k-means partitions cut into IVF sublists (about 15 per cluster)."""
+    codes, attributes = labelled
+    return SearchIndex(codes, partitionings[KMEANS].by_space, attributes, options=IVF)
+
+
 def test_exact_scores_follow_the_definitions(codes):
     rows = np.arange(50)
     q = codes.mu[100].astype(np.float64)
@@ -83,11 +99,14 @@ def test_exact_scores_follow_the_definitions(codes):
     )
 
 
+@pytest.mark.parametrize("layout", ["flat", "ivf"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("scope", ["cluster", "catalogue", "category", "nprobe2", "gender"])
 @pytest.mark.parametrize("k", [1, 10, 137])
-def test_search_equals_brute_force(labelled, index, method, scope, k):
+def test_search_equals_brute_force(labelled, index, ivf_index, layout, method, scope, k):
+    """Flat indexes, and IVF sublists searched with exact=True, rank as numpy does."""
     codes, attributes = labelled
+    index = ivf_index if layout == "ivf" else index
     rng = np.random.default_rng(k)
     space = query_space(method)
     partition = index.partitions[space]
@@ -106,7 +125,7 @@ def test_search_equals_brute_force(labelled, index, method, scope, k):
             rows = rows[genders_compatible("Women", attributes["gender"])]
         rows = rows[rows != query_row]
         got_rows, got_scores = index.search(
-            method, query, k, parts, where, exclude_row=int(query_row)
+            method, query, k, parts, where, np.array([query_row]), exact=layout == "ivf"
         )
         want_rows, want_scores = brute_force(method, query, codes, rows, k)
         assert np.array_equal(got_rows, want_rows)
@@ -129,11 +148,13 @@ def test_category_partitions_search_their_own_items(labelled, partitionings, lev
         assert np.allclose(partitioning.by_space[space].centres[position], centre, atol=1e-5)
 
 
-def test_loglik_through_faiss_matches_eq2_for_slider_vectors(codes, index):
+@pytest.mark.parametrize("layout", ["flat", "ivf"])
+def test_loglik_through_faiss_matches_eq2_for_slider_vectors(codes, index, ivf_index, layout):
+    index = ivf_index if layout == "ivf" else index
     rng = np.random.default_rng(5)
     for _ in range(20):
         query = rng.normal(scale=3.0, size=16)  # anywhere the sliders can go
-        rows, scores = index.search("loglik", query, 50)
+        rows, scores = index.search("loglik", query, 50, exact=True)
         direct = log_likelihood(query, codes.mu, codes.sigma)[0]
         assert np.array_equal(rows, np.lexsort((np.arange(len(codes)), -direct))[:50])
         assert np.allclose(scores, direct[rows], rtol=0, atol=1e-9)
@@ -210,7 +231,7 @@ def test_recommend_matches_numpy_eq3(labelled, partitionings, method, level):
     for query_row in (3, 500, 2999):
         q = vectors[query_row]
         home = int(partition.labels[query_row])
-        result = recommend(partitioning, method, q, 20, home, exclude_row=query_row)
+        result = recommend(partitioning, method, q, 20, home, exclude_rows=np.array([query_row]))
         rows = np.flatnonzero(partition.labels == home)
         assert np.array_equal(
             result.similar[0], brute_force(method, q, codes, rows[rows != query_row], 20)[0]
@@ -231,7 +252,14 @@ def test_pairing_by_category_with_the_gender_rule(labelled, partitionings):
         np.flatnonzero((attributes[SUB] == "Topwear") & (attributes["gender"] == "Men"))[0]
     )
     result = recommend(
-        partitioning, "fixed_eps", z[query_row], 15, topwear, [shoes], gender_rule("Men"), query_row
+        partitioning,
+        "fixed_eps",
+        z[query_row],
+        15,
+        topwear,
+        [shoes],
+        gender_rule("Men"),
+        np.array([query_row]),
     )
     assert list(result.pairings) == [shoes]
     rows, _ = result.pairings[shoes]
@@ -256,3 +284,17 @@ def test_gender_rule():
     assert genders_compatible("Unisex", genders).all() and genders_compatible("", genders).all()
     assert gender_rule("") == () and gender_rule("Unisex") == ()
     assert gender_rule("Girls") == (("gender", ("Girls", "Unisex", "")),)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_row_scores_the_same_whatever_it_is_scored_with(method):
+    """A short list must score each row bit for bit as the full scan does, or near-ties (the same
+    photo encoded twice) would order differently. 64 dimensions, as the model's codes have: that
+    is where a BLAS matrix-vector product rounds a row by its neighbours."""
+    codes, _ = _codes(n=2000, dim=64)
+    query = codes.space(query_space(method))[11].astype(np.float64)
+    everything = exact_scores(method, query, codes, np.arange(len(codes)))
+    rng = np.random.default_rng(6)
+    for size in (1, 3, 42, 57, 500):
+        rows = rng.choice(len(codes), size, replace=False)
+        assert np.array_equal(exact_scores(method, query, codes, rows), everything[rows])
