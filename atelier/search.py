@@ -280,6 +280,8 @@ def _add_sorted(
 ) -> None:
     """Append rows already sorted by sublist, one call per list: each list is allocated once at its
     exact size (adding entry by entry, as add_core does, leaves vectors with spare capacity)."""
+    if not len(xb):  # an empty partition (a k-means cluster a shard holds nothing of)
+        return
     codes = np.ascontiguousarray(xb).view(np.uint8).reshape(len(xb), -1)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     offset = 0

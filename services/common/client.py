@@ -23,6 +23,7 @@ from atelier.v1 import (
     retrieval_pb2_grpc,
 )
 from services.common.auth import client_token, with_token
+from services.common.fanout import ShardedRecommender, ShardedRetrieval, shard_addresses
 from services.common.tls import ClientTLS, make_channel
 
 METHODS = {
@@ -42,12 +43,27 @@ PARTITIONS = {
 }
 
 
+SHARDED = ("retrieval", "recommender")
+
+
 @dataclass(frozen=True)
 class Addresses:
+    """Where the services listen. Retrieval and the recommender take one address per shard, in
+    shard order (a sequence, or one comma-separated string): one address, one node, every item."""
+
     encoder: str
     decoder: str
-    retrieval: str
-    recommender: str
+    retrieval: str | tuple[str, ...]
+    recommender: str | tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for name in SHARDED:
+            object.__setattr__(self, name, shard_addresses(getattr(self, name)))
+
+    def of(self, name: str) -> tuple[str, ...]:
+        """A service's addresses: one, or one per shard."""
+        value = getattr(self, name)
+        return value if isinstance(value, tuple) else (value,)
 
     @classmethod
     def from_env(cls) -> Addresses:
@@ -77,7 +93,8 @@ class AtelierClient:
 
     token=None takes $ATELIER_TOKEN, else the file at $ATELIER_TOKEN_FILE; "" sends none. TLS as
     `tls` says (None: from the environment); a call refused as overloaded (RESOURCE_EXHAUSTED) is
-    retried up to 3 times, after the server's hint, within the call's deadline.
+    retried up to 3 times, after the server's hint, within the call's deadline. With several
+    retrieval or recommender addresses (shards), a query goes to all of them (services.common.fanout).
     """
 
     def __init__(
@@ -92,22 +109,33 @@ class AtelierClient:
         self._owns_channels = True
         self._channels = {
             # With a dns:///name:port address, round robin spreads calls over every replica.
-            name: make_channel(getattr(addresses, name), tls, round_robin=True, retry_overload=True)
-            for name in ("encoder", "decoder", "retrieval", "recommender")
+            name: [
+                make_channel(address, tls, round_robin=True, retry_overload=True)
+                for address in addresses.of(name)
+            ]
+            for name in ("encoder", "decoder", *SHARDED)
         }
         # Health is an open service: probes need no token, and share the long-lived channels.
         self._health = {
-            name: health_pb2_grpc.HealthStub(channel) for name, channel in self._channels.items()
+            name: [health_pb2_grpc.HealthStub(channel) for channel in channels]
+            for name, channels in self._channels.items()
         }
         self._bind(client_token(token) if token is None else token)
 
     def _bind(self, token: str | None) -> None:
         self.token = token or None
-        channels = {name: with_token(ch, self.token) for name, ch in self._channels.items()}
-        self.encoder = encoder_pb2_grpc.EncoderServiceStub(channels["encoder"])
-        self.decoder = decoder_pb2_grpc.DecoderServiceStub(channels["decoder"])
-        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(channels["retrieval"])
-        self.recommender = recommender_pb2_grpc.RecommenderServiceStub(channels["recommender"])
+        channels = {
+            name: [with_token(channel, self.token) for channel in opened]
+            for name, opened in self._channels.items()
+        }
+        self.encoder = encoder_pb2_grpc.EncoderServiceStub(channels["encoder"][0])
+        self.decoder = decoder_pb2_grpc.DecoderServiceStub(channels["decoder"][0])
+        self.retrieval = ShardedRetrieval(
+            [retrieval_pb2_grpc.RetrievalServiceStub(c) for c in channels["retrieval"]]
+        )
+        self.recommender = ShardedRecommender(
+            [recommender_pb2_grpc.RecommenderServiceStub(c) for c in channels["recommender"]]
+        )
 
     def for_token(self, token: str | None) -> AtelierClient:
         """A client over the same connections that sends `token` instead (the gateway passes each
@@ -120,26 +148,34 @@ class AtelierClient:
     def close(self) -> None:
         if not self._owns_channels:
             return
-        for channel in self._channels.values():
-            channel.close()
+        for channels in self._channels.values():
+            for channel in channels:
+                channel.close()
 
     def serving(
         self,
         names: Sequence[str] = ("decoder", "retrieval", "recommender"),
         timeout: float = 2.0,
     ) -> dict[str, bool]:
-        """Whether each named service reports SERVING, asked in parallel over the client's own
-        long-lived channels (a probe opens no connection of its own)."""
+        """Whether each named service reports SERVING (a sharded one: every shard), asked in
+        parallel over the client's own long-lived channels (a probe opens no connection of its
+        own)."""
         calls = {
-            name: self._health[name].Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)
+            name: [
+                stub.Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)
+                for stub in self._health[name]
+            ]
             for name in names
         }
         serving = {}
-        for name, call in calls.items():
-            try:
-                serving[name] = call.result().status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.RpcError:
-                serving[name] = False
+        for name, shards in calls.items():
+            serving[name] = True
+            for call in shards:
+                try:
+                    up = call.result().status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError:
+                    up = False
+                serving[name] = serving[name] and up
         return serving
 
     def search(
@@ -150,6 +186,7 @@ class AtelierClient:
         k: int = 10,
         category: str = "",
         nprobe: int = 0,
+        allow_partial: bool = False,
     ) -> retrieval_pb2.SearchResponse:
         request = retrieval_pb2.SearchRequest(
             query=query,
@@ -158,6 +195,7 @@ class AtelierClient:
             k=k,
             category=category,
             nprobe=nprobe,
+            allow_partial=allow_partial,
         )
         return self.retrieval.Search(request, timeout=self.timeout)
 
@@ -170,6 +208,7 @@ class AtelierClient:
         targets: Sequence[str] = (),
         match_gender: bool = True,
         gender: str = "",
+        allow_partial: bool = False,
     ) -> recommender_pb2.RecommendResponse:
         request = recommender_pb2.RecommendRequest(
             query=query,
@@ -179,6 +218,7 @@ class AtelierClient:
             target_categories=list(targets),
             match_gender=match_gender,
             gender=gender,
+            allow_partial=allow_partial,
         )
         return self.recommender.Recommend(request, timeout=self.timeout)
 

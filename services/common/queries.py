@@ -13,11 +13,14 @@ import grpc
 import numpy as np
 
 from atelier import generation as generations
+from atelier import sharded_generation
 from atelier.find import PartitionUnavailable, Query
 from atelier.generation import KMEANS, CategoryOf, Generation
 from atelier.latent import NON_FINITE_CODE, finite_rows, validate_vector
 from atelier.search import query_space
-from atelier.store import CodeStore
+from atelier.sharded_generation import SharedPartitions
+from atelier.sharding import Shard
+from atelier.store import CodeStore, ItemRecord
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from services.common.auth import AuthSettings
 from services.common.client import METHODS as CLIENT_METHODS
@@ -76,9 +79,11 @@ def resolve(
     encoder: encoder_pb2_grpc.EncoderServiceStub | None,
     remaining: float | None,
     max_abs: float,
+    fetch: Callable[[int, str], ItemRecord | None] | None = None,
 ) -> Query:
     """The query's vector in the method's space, its own row when it is a catalogue item, and
-    its category: the item's, or predicted from the code."""
+    its category: the item's, or predicted from the code. On a shard, `fetch` reads an item that
+    another shard holds from the store, so every shard answers a query by any catalogue item."""
     space = query_space(method)
     source = query.WhichOneof("source")
     if source == "vector":
@@ -86,6 +91,9 @@ def resolve(
         return Query(vector, None, generation.predict_category(vector), "")
     if source == "item_id":
         row = generation.row_of.get(query.item_id)
+        record = fetch(generation.version, query.item_id) if row is None and fetch else None
+        if record is not None:
+            return sharded_generation.foreign_query(generation, record, method)
         if row is None:
             raise LookupError(f"unknown item {query.item_id!r} in generation {generation.version}")
         return Query(
@@ -195,6 +203,13 @@ class QuerySettings:
     max_abs_latent: float
     faiss_threads: int
     auth: AuthSettings
+    shard_index: int
+    shard_count: int
+
+    @property
+    def shard(self) -> Shard | None:
+        """This process's shard of the catalogue; None when it holds every item."""
+        return Shard(self.shard_index, self.shard_count) if self.shard_count > 1 else None
 
     @classmethod
     def read(cls, prefix: str, default_port: int):
@@ -209,6 +224,9 @@ class QuerySettings:
             # single query FAISS's threads cost more than they save (p99 13 ms -> 6 ms at 1M).
             faiss_threads=env_int("FAISS_THREADS", 1),
             auth=AuthSettings.from_env(),
+            # One address per shard goes into the clients' RETRIEVAL_ADDR / RECOMMENDER_ADDR.
+            shard_index=env_int("SHARD_INDEX", 0),
+            shard_count=env_int("SHARD_COUNT", 1),
         )
 
 
@@ -219,12 +237,47 @@ class GenerationServicer:
         self.holder: GenerationHolder | None = None
         self.encoder = encoder
         self.max_abs_latent = max_abs_latent
+        self.shard: Shard | None = None
+        self.store: CodeStore | None = None
+        # Per served version on a shard: the whole generation's partitions (pairing order).
+        self.shared: dict[int, SharedPartitions] = {}
+
+    def fetch(self) -> Callable[[int, str], ItemRecord | None] | None:
+        """How `resolve` reads an item this process does not hold: from the store, on a shard."""
+        return self.store.item if self.shard is not None and self.store is not None else None
+
+    def shard_fields(self) -> dict:
+        """The reply's shard_count and shards: which part of the catalogue it ranks."""
+        shard = self.shard or Shard(0, 1)
+        return {"shard_count": shard.count, "shards": [shard.index]}
 
     def generation(self, context) -> Generation:
         generation = self.holder.current if self.holder else None  # one reference per request
         if generation is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no generation of codes is served yet")
         return generation
+
+
+def _builder(
+    settings: QuerySettings, store: CodeStore, servicer: GenerationServicer
+) -> Callable[[int], Generation]:
+    """How this process builds a served generation: whole, or its shard of it."""
+    shard = settings.shard
+    if shard is None:
+        return functools.partial(generations.build, store, k=settings.kmeans_k)
+
+    def build(version: int) -> Generation:
+        shared = sharded_generation.shared_partitions(store, version, settings.kmeans_k)
+        generation = sharded_generation.build_shard(
+            store, version, shard, settings.kmeans_k, shared
+        )
+        # Requests still on the generation being replaced keep its shared state.
+        held = servicer.holder.current if servicer.holder else None
+        kept = {v: p for v, p in servicer.shared.items() if held and v == held.version}
+        servicer.shared = {**kept, version: shared}
+        return generation
+
+    return build
 
 
 @contextmanager
@@ -234,8 +287,10 @@ def run_query_server(
     register: Callable[[grpc.Server], None],
     service_name: str,
 ) -> Iterator[RunningServer]:
-    """Serve, and report SERVING once the served generation's indexes are loaded."""
+    """Serve, and report SERVING once the served generation's indexes are loaded (on a shard:
+    its own items, under the whole generation's partitions)."""
     store = CodeStore.from_url(settings.redis_url)
+    servicer.store, servicer.shard = store, settings.shard
 
     # OpenMP's thread count is per thread, so each request thread sets its own.
     def limit_faiss_threads() -> None:
@@ -249,7 +304,7 @@ def run_query_server(
         thread_initializer=limit_faiss_threads,
         auth=settings.auth,
     ) as running:
-        build = functools.partial(generations.build, store, k=settings.kmeans_k)
+        build = _builder(settings, store, servicer)
         servicer.holder = GenerationHolder(
             store, build, lambda _generation: running.set_serving(True)
         )

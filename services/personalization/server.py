@@ -9,6 +9,7 @@ interactions and jobs need no model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -34,6 +35,7 @@ from atelier.v1 import (
     recommender_pb2_grpc,
 )
 from services.common.auth import with_token
+from services.common.fanout import ShardedRecommender, shard_addresses
 from services.common.generation_holder import GenerationHolder
 from services.common.model_client import ModelClient, status_of, to_png
 from services.common.queries import METHODS, item_message
@@ -492,15 +494,23 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
     codes = CodeStore.from_url(settings.redis_url)
     prefs = PreferenceStore(codes.redis)
     model = ModelClient(settings.model_server_addr, settings.model_timeout)
-    # SimilarForUser calls the recommender with this service's own token.
-    with with_token(
-        make_channel(settings.recommender_addr), settings.auth.outgoing_token()
-    ) as channel:
+    # SimilarForUser calls the recommender (every shard of it) with this service's own token.
+    with contextlib.ExitStack() as channels:
+        recommender = ShardedRecommender(
+            [
+                recommender_pb2_grpc.RecommenderServiceStub(
+                    channels.enter_context(
+                        with_token(make_channel(address), settings.auth.outgoing_token())
+                    )
+                )
+                for address in shard_addresses(settings.recommender_addr)
+            ]
+        )
         servicer = PersonalizationServicer(
             settings,
             codes,
             prefs,
-            recommender_pb2_grpc.RecommenderServiceStub(channel),
+            recommender,
             model,
             enqueue_import,
             enqueue_training,

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from atelier.generation import KMEANS, MASTER, SUB
 from atelier.recommend import complete_the_look
 from atelier.search import query_space
+from atelier.sharded_generation import pairing_order
 from atelier.v1 import encoder_pb2_grpc, recommender_pb2, recommender_pb2_grpc
 from services.common import queries
 from services.common.auth import with_token
@@ -45,30 +46,42 @@ class RecommenderServicer(
                 self.encoder,
                 context.time_remaining(),
                 self.max_abs_latent,
+                self.fetch(),
             )
+            partitioning = PARTITIONS[request.partition]
+            # Every target, explicitly in the whole generation's order, so shards list (and rank)
+            # pairings alike; the same order the recommender takes by default on one node.
+            targets = list(request.target_categories)
+            if not targets and partitioning in generation.partitionings:
+                targets = pairing_order(
+                    generation, partitioning, self.shared.get(generation.version)
+                )
             look = complete_the_look(
                 generation,
                 method,
                 query,
                 k,
-                PARTITIONS[request.partition],
-                request.target_categories,
+                partitioning,
+                targets,
                 request.match_gender if request.HasField("match_gender") else True,
                 request.gender,
             )
             space = query_space(method)
 
-            def listed(name: str, found) -> recommender_pb2.PartitionList:
+            rank = {name: place for place, name in reversed(list(enumerate(targets)))}
+
+            def listed(name: str, found, place: int = 0) -> recommender_pb2.PartitionList:
                 items = queries.scored_items(generation, *found, look.partitioning, space)
-                return recommender_pb2.PartitionList(partition=name, items=items)
+                return recommender_pb2.PartitionList(partition=name, items=items, rank=place)
 
             return recommender_pb2.RecommendResponse(
                 query_partition=look.home,
                 similar=listed(look.home, look.similar),
-                pairings=[listed(name, found) for name, found in look.pairings.items()],
+                pairings=[listed(name, found, rank[name]) for name, found in look.pairings.items()],
                 model_version=generation.version,
                 query_category=queries.category_message(query.category),
                 matched_gender=look.matched_gender,
+                **self.shard_fields(),
             )
 
 

@@ -1,4 +1,5 @@
-"""RetrievalService.Search: translate the request, search the served generation, translate back."""
+"""RetrievalService.Search: translate the request, search the served generation (or this
+process's shard of it), translate back."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class RetrievalServicer(queries.GenerationServicer, retrieval_pb2_grpc.Retrieval
                 self.encoder,
                 context.time_remaining(),
                 self.max_abs_latent,
+                self.fetch(),
             )
             found = find.search(
                 generation,
@@ -65,6 +67,7 @@ class RetrievalServicer(queries.GenerationServicer, retrieval_pb2_grpc.Retrieval
                 model_version=generation.version,
                 query_category=queries.category_message(query.category),
                 searched=found.searched,
+                **self.shard_fields(),
             )
 
 

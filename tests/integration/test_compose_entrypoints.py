@@ -23,27 +23,39 @@ from atelier.processes import free_port, start_redis
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.auth import with_token
+from services.common.fanout import ShardedRetrieval
 from services.common.launcher import ManagedProcess, start_process, wait_serving
 from services.common.tls import make_channel
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+SHARDS = 3  # compose runs retrieval and the recommender as three shards each
+RETRIEVAL = tuple(f"retrieval-{i}" for i in range(SHARDS))
+RECOMMENDER = tuple(f"recommender-{i}" for i in range(SHARDS))
 SERVICES = (
     "init-secrets",
     "modelserver",
     "encoder",
     "worker",
     "decoder",
-    "retrieval",
-    "recommender",
+    *RETRIEVAL,
+    *RECOMMENDER,
     "gateway",
 )
 GRPC_PORTS = {
     "modelserver": 8500,
     "encoder": 50051,
     "decoder": 50052,
-    "retrieval": 50053,
-    "recommender": 50054,
+    **{name: 50053 for name in RETRIEVAL},
+    **{name: 50054 for name in RECOMMENDER},
+}
+# Compose service -> the Python package it runs (services.<package>).
+PACKAGES = {
+    "encoder": "encoder",
+    "decoder": "decoder",
+    **{name: "retrieval" for name in RETRIEVAL},
+    **{name: "recommender" for name in RECOMMENDER},
+    "gateway": "gateway",
 }
 REDIS_PASSWORD = "compose-test-secret"
 
@@ -100,14 +112,14 @@ def test_every_compose_variable_is_read_by_its_service(monkeypatch, tmp_path):
     import importlib
 
     compose, secrets = _compose(), _secrets(tmp_path / "secrets")
-    for name in ("encoder", "decoder", "retrieval", "recommender", "gateway"):
+    for name, package in PACKAGES.items():
         environment = {k: str(v) for k, v in compose[name]["environment"].items()}
         for key, value in environment.items():
             for container, local in secrets.items():
                 environment[key] = value.replace(container, local)
         recording = RecordingEnviron(environment)
         monkeypatch.setattr(os, "environ", recording)
-        settings = importlib.import_module(f"services.{name}.config").Settings.from_env()
+        settings = importlib.import_module(f"services.{package}.config").Settings.from_env()
         monkeypatch.undo()
         assert settings is not None
         unread = (
@@ -115,7 +127,7 @@ def test_every_compose_variable_is_read_by_its_service(monkeypatch, tmp_path):
         )  # LOG_LEVEL: read by configure_logging
         assert not unread, f"{name}: compose sets {sorted(unread)}, which the service never reads"
     assert set(SERVICES) <= set(compose)
-    for name in ("encoder", "decoder", "retrieval", "recommender", "gateway"):
+    for name in PACKAGES:
         assert all(
             dep["condition"] in ("service_healthy", "service_completed_successfully")
             for dep in compose[name]["depends_on"].values()
@@ -219,31 +231,38 @@ def test_services_start_from_their_image_commands(tmp_path, models_dir, tiny_csv
         assert store.served_version() == newest and store.item_count(newest) == 300
         again = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
         assert again.returncode == 0 and "already served" in again.stdout
-        for name in ("decoder", "retrieval", "recommender"):
-            wait_serving(launch(name), timeout=300)
+        launched = [launch(name) for name in ("decoder", *RETRIEVAL, *RECOMMENDER)]
+        for managed in launched:
+            wait_serving(managed, timeout=300)
         gateway = launch("gateway")
         from services.demo import wait_http
 
         wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz")
         assert gateway.process.poll() is None
         request = retrieval_pb2.SearchRequest(query=common_pb2.Query(item_id="1164"), k=3)
-        with make_channel(f"127.0.0.1:{ports['retrieval']}") as channel:
+        with make_channel(f"127.0.0.1:{ports[RETRIEVAL[0]]}") as channel:
             with pytest.raises(grpc.RpcError) as refused:
                 retrieval_pb2_grpc.RetrievalServiceStub(channel).Search(request, timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            admin = with_token(channel, (secrets / "admin.token").read_text().strip())
-            reply = retrieval_pb2_grpc.RetrievalServiceStub(admin).Search(request, timeout=10)
-        assert len(reply.results) == 3
-        # A query by photo: retrieval calls the encoder with its own token from the volume.
-        photo = common_pb2.Query(image=(tiny_csv.parent / "images" / "1164.jpg").read_bytes())
-        with with_token(
-            make_channel(f"127.0.0.1:{ports['retrieval']}"),
-            (secrets / "admin.token").read_text().strip(),
-        ) as channel:
-            reply = retrieval_pb2_grpc.RetrievalServiceStub(channel).Search(
-                retrieval_pb2.SearchRequest(query=photo, k=3), timeout=30
-            )
-        assert len(reply.results) == 3
+        # Each shard answers for its own index; the client fans out to all three and merges.
+        admin_token = (secrets / "admin.token").read_text().strip()
+        channels = [
+            with_token(make_channel(f"127.0.0.1:{ports[name]}"), admin_token) for name in RETRIEVAL
+        ]
+        shards = ShardedRetrieval([retrieval_pb2_grpc.RetrievalServiceStub(c) for c in channels])
+        try:
+            for index, channel in enumerate(channels):
+                own = retrieval_pb2_grpc.RetrievalServiceStub(channel).Search(request, timeout=10)
+                assert (own.shard_count, list(own.shards)) == (SHARDS, [index])
+            reply = shards.Search(request, timeout=10)
+            assert len(reply.results) == 3 and list(reply.shards) == list(range(SHARDS))
+            # A query by photo: each shard calls the encoder with its own token from the volume.
+            photo = common_pb2.Query(image=(tiny_csv.parent / "images" / "1164.jpg").read_bytes())
+            reply = shards.Search(retrieval_pb2.SearchRequest(query=photo, k=3), timeout=30)
+            assert len(reply.results) == 3
+        finally:
+            for channel in channels:
+                channel.close()
     finally:
         for managed in reversed(started):
             managed.stop()

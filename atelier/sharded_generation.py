@@ -1,0 +1,236 @@
+"""One shard of a generation, indexed under the whole generation's partitions.
+
+Everything that decides where a query searches or how results are arranged is the whole
+generation's, kept once per generation in Redis (the first writer wins, like the category
+predictor and the k-means centres): the category names, each subCategory's masterCategory, the
+partitions' mean codes (eq. 3's arithmetic) and sizes (the order of pairing lists). A shard holds
+only its own items' codes and indexes (atelier.sharding.Shard), and answers a query by an item
+another shard holds from that item's stored code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from atelier import generation as generations
+from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
+from atelier.find import Query
+from atelier.generation import KMEANS, MASTER, SPACES, SUB, UNKNOWN, Generation, Partitioning
+from atelier.search import SearchIndex, query_space
+from atelier.sharding import Shard
+from atelier.store import CodeStore, ItemRecord
+
+SHARED_STATE = "shards:partitions:k={k}"
+
+
+@dataclass(frozen=True)
+class SharedPartitions:
+    """The whole generation's partitions: names, centres per code space, sizes (μ-space labels)."""
+
+    master_of: dict[str, str]
+    names: dict[str, tuple[str, ...]]  # partitioning -> names
+    centres: dict[str, dict[str, np.ndarray]]  # partitioning -> space -> (p, d) float32
+    sizes: dict[str, np.ndarray]  # partitioning -> items per partition
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "master_of": self.master_of,
+                "names": {p: list(n) for p, n in self.names.items()},
+                # float32 -> float -> JSON text round-trips exactly.
+                "centres": {
+                    p: {s: c.astype(float).tolist() for s, c in by_space.items()}
+                    for p, by_space in self.centres.items()
+                },
+                "sizes": {p: s.tolist() for p, s in self.sizes.items()},
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SharedPartitions:
+        data = json.loads(text)
+        return cls(
+            master_of=dict(data["master_of"]),
+            names={p: tuple(n) for p, n in data["names"].items()},
+            centres={
+                p: {
+                    s: np.asarray(c, np.float32).reshape(len(data["names"][p]), -1)
+                    for s, c in by_space.items()
+                }
+                for p, by_space in data["centres"].items()
+            },
+            sizes={p: np.asarray(s, np.int64) for p, s in data["sizes"].items()},
+        )
+
+
+def _kmeans_centres(
+    store: CodeStore, whole: Generation, k: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The generation's k-means centres, fitted on every item by the first to need them."""
+    centres = {}
+    for space in SPACES:
+        stored = store.partition_centres(whole.version, space, k)
+        if stored is None:
+            fitted = fit_kmeans(whole.codes.space(space), whole.codes.item_ids, k, seed)
+            stored = store.save_partition_centres(whole.version, space, fitted.centres)
+        centres[space] = stored
+    return centres
+
+
+def shared_partitions(store: CodeStore, version: int, k: int) -> SharedPartitions:
+    """The generation's shared partition state, derived from every item on first use.
+
+    The first shard to build a generation reads the whole generation once (as an unsharded node
+    would) and also fits the category predictor and k-means centres on it; later shards and
+    rebuilds read the result from Redis.
+    """
+    name = SHARED_STATE.format(k=k)
+    stored = store.derived_state(version, name)
+    if stored is None:
+        whole = generations.build(store, version, searchable=False)
+        if k and len(whole.codes) < k:
+            raise LookupError(
+                f"generation {version} holds {len(whole.codes)} codes, fewer than k={k} clusters"
+            )
+        names = {SUB: whole.sub_names, MASTER: whole.master_names}
+        cuts = {
+            part: {
+                s: by_labels(whole.codes.space(s), whole.attributes[part], names[part])
+                for s in SPACES
+            }
+            for part in (SUB, MASTER)
+        }
+        if k:
+            kmeans = _kmeans_centres(store, whole, k)
+            cuts[KMEANS] = {s: from_centres(whole.codes.space(s), kmeans[s]) for s in SPACES}
+            names[KMEANS] = cuts[KMEANS]["mu"].names
+        shared = SharedPartitions(
+            master_of=whole.master_of,
+            names=names,
+            centres={
+                p: {s: cut.centres for s, cut in by_space.items()} for p, by_space in cuts.items()
+            },
+            sizes={
+                p: np.bincount(by_space["mu"].labels, minlength=len(names[p]))
+                for p, by_space in cuts.items()
+            },
+        )
+        stored = store.save_derived_state(version, name, shared.to_json())
+    return SharedPartitions.from_json(stored)
+
+
+def _partition(labels: np.ndarray, names: tuple[str, ...], centres: np.ndarray) -> Partition:
+    position = {name: index for index, name in enumerate(names)}
+    try:
+        index = np.array([position[label] for label in labels.tolist()], dtype=np.int64)
+    except KeyError as exc:
+        raise LookupError(
+            f"item label {exc.args[0]!r} is not among the generation's shared partitions"
+        ) from None
+    return Partition(np.asarray(centres, np.float32), index, names)
+
+
+def build_shard(
+    store: CodeStore, version: int, shard: Shard, k: int = 0, shared: SharedPartitions | None = None
+) -> Generation:
+    """One shard of a generation: its own items under the whole generation's partitions. Every
+    partition exists on every shard; the category index holds only the subCategories the shard
+    has items of, and a partition the shard has none of searches nothing."""
+    shared = shared or shared_partitions(store, version, k)
+    local = generations.build(store, version, searchable=False, shard=shard)
+    codes = local.codes
+    masters = np.array(
+        [shared.master_of.get(s, UNKNOWN) for s in local.attributes[SUB].tolist()], dtype=object
+    ).astype(str)
+    attributes = {**local.attributes, MASTER: masters}
+    by_space = {
+        part: {
+            s: _partition(attributes[part], shared.names[part], shared.centres[part][s])
+            for s in SPACES
+        }
+        for part in (SUB, MASTER)
+    }
+    sub_names, master_names = shared.names[SUB], shared.names[MASTER]
+    # The index's own partitions: the subCategories present here, in the shared order.
+    present = np.unique(by_space[SUB]["mu"].labels)
+    indexed = {int(p): i for i, p in enumerate(present.tolist())}
+    renumbered = np.searchsorted(present, by_space[SUB]["mu"].labels)
+    category_index = SearchIndex(
+        codes,
+        {
+            s: Partition(
+                by_space[SUB][s].centres[present],
+                renumbered,
+                tuple(sub_names[p] for p in present.tolist()),
+            )
+            for s in SPACES
+        },
+        attributes,
+    )
+    partitionings = {
+        SUB: Partitioning(
+            SUB,
+            by_space[SUB],
+            category_index,
+            [[indexed[p]] if p in indexed else [] for p in range(len(sub_names))],
+        ),
+        MASTER: Partitioning(
+            MASTER,
+            by_space[MASTER],
+            category_index,
+            [
+                [
+                    indexed[i]
+                    for i, sub in enumerate(sub_names)
+                    if i in indexed and shared.master_of.get(sub, UNKNOWN) == m
+                ]
+                for m in master_names
+            ],
+        ),
+    }
+    if KMEANS in shared.names:
+        kmeans = {s: from_centres(codes.space(s), shared.centres[KMEANS][s]) for s in SPACES}
+        partitionings[KMEANS] = Partitioning(
+            KMEANS,
+            kmeans,
+            SearchIndex(codes, kmeans, attributes),
+            [[i] for i in range(len(shared.names[KMEANS]))],
+        )
+    return dataclasses.replace(
+        local,
+        attributes=attributes,
+        master_of=shared.master_of,
+        sub_names=sub_names,
+        master_names=master_names,
+        partitionings=partitionings,
+    )
+
+
+def pairing_order(
+    generation: Generation, partitioning: str, shared: SharedPartitions | None
+) -> list[str]:
+    """Every partition's name, largest first (ties in partition order): the order pairings are
+    listed in. Sizes are the whole generation's (`shared`), or this generation's when unsharded."""
+    cut = generation.partitionings[partitioning]
+    if shared is None:
+        sizes = np.bincount(cut.by_space["mu"].labels, minlength=len(cut.names))
+    else:
+        sizes = shared.sizes[partitioning]
+    return [cut.names[p] for p in np.argsort(-sizes, kind="stable")]
+
+
+def foreign_query(generation: Generation, record: ItemRecord, method: str) -> Query:
+    """A query by a catalogue item another shard holds, read from the store: its code, and its
+    category as the holder has it (its label, else predicted from its μ)."""
+    space = query_space(method)
+    vector = np.asarray(record.z if space == "z" else record.mu, dtype=np.float32)
+    sub = record.metadata.get(SUB, "")
+    if sub:
+        category = generations.CategoryOf(sub, generation.master_of.get(sub, UNKNOWN), 1.0, True)
+    else:
+        category = generation.predict_category(np.asarray(record.mu, np.float32))
+    return Query(vector.astype(np.float64), None, category, record.metadata.get("gender", ""))
