@@ -34,9 +34,13 @@ class Found:
     searched: tuple[str, ...]  # the partitions searched; empty for the whole catalogue
 
 
-def own_row(query: Query) -> np.ndarray | None:
-    """The rows a query never returns: its own, for a catalogue item."""
-    return None if query.row is None else np.array([query.row], np.int64)
+def own_row(query: Query, also: np.ndarray | None = None) -> np.ndarray | None:
+    """The rows a query never returns: its own, for a catalogue item, and `also` (sorted rows
+    hidden from every search, e.g. items deleted since the index was built)."""
+    if query.row is None:
+        return also
+    own = np.array([query.row], np.int64)
+    return own if also is None else np.union1d(also, own)
 
 
 def partitioning(generation: Generation, name: str) -> Partitioning:
@@ -73,6 +77,8 @@ def search(
     nprobe: int = 1,
     category: str = "",
     exclude_query: bool = True,
+    exclude_rows: np.ndarray | None = None,
+    exact: bool = False,
 ) -> Found:
     """The top k of a scope. Raises LookupError for an unknown named category, ValueError for
     bad arguments and PartitionUnavailable for a scope the deployment cannot answer."""
@@ -92,7 +98,13 @@ def search(
         searched = [home_partition(cut, method, query)]
     members = None if searched is None else [m for p in searched for m in cut.members[p]]
     rows, scores = cut.index.search(
-        method, query.vector, k, members, where, own_row(query) if exclude_query else None
+        method,
+        query.vector,
+        k,
+        members,
+        where,
+        own_row(query, exclude_rows) if exclude_query else exclude_rows,
+        exact=exact,
     )
     names = () if searched is None else tuple(cut.names[p] for p in searched)
     return Found(rows, scores, cut.name, names)

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from atelier.categories import CategoryPredictor
 from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
-from atelier.search import CodeSet, IndexOptions, SearchIndex, Where
+from atelier.latent import RANKING_METHODS
+from atelier.search import CodeSet, IndexOptions, SearchIndex, Where, spaces_read
 from atelier.sharding import Shard
-from atelier.store import CodeStore, Metadata
+from atelier.store import CodeMatrix, CodeStore, Metadata
 
 log = logging.getLogger(__name__)
 SPACES = ("mu", "z")
@@ -77,11 +79,12 @@ class Generation:
     partitionings: dict[str, Partitioning]
     lower: np.ndarray  # per-dimension slider bounds from the catalogue's μ
     upper: np.ndarray
+    position: tuple[int, str] = (0, "0-0")  # the last change of the store it includes
     _slider_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def latent_dim(self) -> int:
-        return int(self.codes.mu.shape[1])
+        return int(self.lower.shape[0])
 
     def category_of_row(self, row: int) -> CategoryOf:
         return CategoryOf(
@@ -198,6 +201,7 @@ def index_partitions(
     master_of: dict[str, str],
     kmeans: dict[str, Partition] | None = None,
     index_options: IndexOptions | None = None,
+    methods: Sequence[str] = RANKING_METHODS,
 ) -> dict[str, Partitioning]:
     """The subCategory and masterCategory partitionings over one index whose partitions are the
     subCategories, and the k-means partitioning over its own index when centres are given.
@@ -205,7 +209,7 @@ def index_partitions(
     subs, masters = attributes[SUB], attributes[MASTER]
     sub_names = tuple(sorted(set(subs.tolist())))
     by_sub = {s: by_labels(codes.space(s), subs, sub_names) for s in SPACES}
-    category_index = SearchIndex(codes, by_sub, attributes, options=index_options)
+    category_index = SearchIndex(codes, by_sub, attributes, methods, options=index_options)
     master_names = tuple(sorted(set(masters.tolist())))
     by_master = {s: by_labels(codes.space(s), masters, master_names) for s in SPACES}
     partitionings = {
@@ -222,7 +226,7 @@ def index_partitions(
     }
     if kmeans:
         count = len(kmeans["mu"].centres)
-        kmeans_index = SearchIndex(codes, kmeans, attributes, options=index_options)
+        kmeans_index = SearchIndex(codes, kmeans, attributes, methods, options=index_options)
         partitionings[KMEANS] = Partitioning(
             KMEANS, kmeans, kmeans_index, [[i] for i in range(count)]
         )
@@ -237,10 +241,11 @@ def build(
     searchable: bool = True,
     index_options: IndexOptions | None = None,
     shard: Shard | None = None,
+    methods: Sequence[str] = RANKING_METHODS,
 ) -> Generation:
-    """Load a generation from Redis (only `shard`'s items, when given) and index it. Derived
-    state (the category predictor, k-means centres) is computed once per generation and kept in
-    Redis, so replicas and shards agree."""
+    """Load a generation from Redis (only `shard`'s items, when given) and index it for
+    `methods`. Derived state (the category predictor, k-means centres) is computed once per
+    generation and kept in Redis, so replicas and shards agree."""
     started = time.perf_counter()
     matrix = store.load_codes(version, keep=shard.owns if shard else None)
     if not matrix.item_ids:
@@ -249,31 +254,70 @@ def build(
         raise LookupError(
             f"generation {version} holds {len(matrix.item_ids)} codes, fewer than k={k} clusters"
         )
-    codes = CodeSet(matrix.item_ids, matrix.mu, matrix.sigma, matrix.z)
-    columns = matrix.metadata.columns(SUB, MASTER, "gender")
-    subs, masters = columns[SUB], columns[MASTER]
-    predictor = _category_predictor(store, version, codes.mu, subs, subs != "")
-    categories = categorise(codes.mu, subs, masters, predictor)
-    genders = columns["gender"]
-    attributes = {SUB: categories.subs, MASTER: categories.masters, "gender": genders}
-    kmeans = None
+    subs = matrix.metadata.columns(SUB)[SUB]
+    predictor = _category_predictor(store, version, matrix.mu, subs, subs != "")
+    kmeans_centres = None
     if searchable and k:
-        kmeans = {}
+        kmeans_centres = {}
         for space in SPACES:
-            vectors = codes.space(space)
             stored = store.partition_centres(version, space, k)
             if stored is None:
-                stored = store.save_partition_centres(
-                    version, space, fit_kmeans(vectors, codes.item_ids, k, seed).centres
-                )
-            kmeans[space] = from_centres(vectors, stored)
+                vectors = matrix.z if space == "z" else matrix.mu
+                fitted = fit_kmeans(vectors, matrix.item_ids, k, seed)
+                stored = store.save_partition_centres(version, space, fitted.centres)
+            kmeans_centres[space] = stored
+    generation = assemble(
+        version,
+        matrix,
+        predictor,
+        searchable=searchable,
+        kmeans_centres=kmeans_centres,
+        index_options=index_options,
+        methods=methods,
+    )
+    log.info(
+        "generation %d: %d items (%d labelled) in %d subCategories, indexed in %.1fs",
+        version,
+        len(generation.codes),
+        int(generation.from_label.sum()),
+        len(generation.sub_names),
+        time.perf_counter() - started,
+    )
+    return generation
+
+
+def assemble(
+    version: int,
+    matrix: CodeMatrix,
+    predictor: CategoryPredictor | None,
+    searchable: bool = True,
+    kmeans_centres: dict[str, np.ndarray] | None = None,
+    index_options: IndexOptions | None = None,
+    methods: Sequence[str] = RANKING_METHODS,
+) -> Generation:
+    """A Generation of the given codes: categories (labels, else predicted), partitions and,
+    when searchable, the indexes of `methods`. Only the code spaces those methods read are kept
+    once indexed (at ten million items each space is 2.5 GB)."""
+    codes = CodeSet(matrix.item_ids, matrix.mu, matrix.sigma, matrix.z)
+    columns = matrix.metadata.columns(SUB, MASTER, "gender")
+    categories = categorise(codes.mu, columns[SUB], columns[MASTER], predictor)
+    attributes = {SUB: categories.subs, MASTER: categories.masters, "gender": columns["gender"]}
+    kmeans = (
+        {s: from_centres(codes.space(s), kmeans_centres[s]) for s in SPACES}
+        if kmeans_centres
+        else None
+    )
     partitionings = (
-        index_partitions(codes, attributes, categories.master_of, kmeans, index_options)
+        index_partitions(codes, attributes, categories.master_of, kmeans, index_options, methods)
         if searchable
         else {}
     )
     spread = codes.mu.std(axis=0)
-    generation = Generation(
+    lower = (codes.mu.min(axis=0) - spread).astype(np.float32)
+    upper = (codes.mu.max(axis=0) + spread).astype(np.float32)
+    if searchable:
+        codes = codes.keeping(spaces_read(methods))
+    return Generation(
         version=version,
         codes=codes,
         metadata=matrix.metadata,
@@ -286,15 +330,7 @@ def build(
         sub_names=tuple(sorted(set(categories.subs.tolist()))),
         master_names=tuple(sorted(set(categories.masters.tolist()))),
         partitionings=partitionings,
-        lower=(codes.mu.min(axis=0) - spread).astype(np.float32),
-        upper=(codes.mu.max(axis=0) + spread).astype(np.float32),
+        lower=lower,
+        upper=upper,
+        position=matrix.position,
     )
-    log.info(
-        "generation %d: %d items (%d labelled) in %d subCategories, indexed in %.1fs",
-        version,
-        len(codes),
-        int(categories.from_label.sum()),
-        len(set(categories.subs.tolist())),
-        time.perf_counter() - started,
-    )
-    return generation

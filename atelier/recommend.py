@@ -56,6 +56,7 @@ def recommend(
     targets: Sequence[int] | None = None,
     pairing_where: Where = (),
     exclude_rows: np.ndarray | None = None,
+    exact: bool = False,
 ) -> Recommendation:
     """Similar items in `home`, and eq. 3 pairings in each target (every other partition by
     default, largest first). Pairings pass `pairing_where`; a target with none is left out. Rows in
@@ -63,7 +64,9 @@ def recommend(
     centres = partitioning.by_space[query_space(method)].centres.astype(np.float64)
     index = partitioning.index
     query = np.asarray(query, dtype=np.float64)
-    similar = index.search(method, query, k, partitioning.members[home], exclude_rows=exclude_rows)
+    similar = index.search(
+        method, query, k, partitioning.members[home], exclude_rows=exclude_rows, exact=exact
+    )
     if targets is None:
         sizes = np.bincount(partitioning.by_space["mu"].labels, minlength=len(centres))
         targets = [int(p) for p in np.argsort(-sizes, kind="stable")]
@@ -73,7 +76,13 @@ def recommend(
             continue
         shifted = query + (centres[other] - centres[home])
         rows, scores = index.search(
-            method, shifted, k, partitioning.members[other], pairing_where, exclude_rows
+            method,
+            shifted,
+            k,
+            partitioning.members[other],
+            pairing_where,
+            exclude_rows,
+            exact=exact,
         )
         if len(rows):
             pairings[other] = (rows, scores)
@@ -100,6 +109,8 @@ def complete_the_look(
     targets: Sequence[str] = (),
     match_gender: bool = True,
     gender: str = "",
+    exclude_rows: np.ndarray | None = None,
+    exact: bool = False,
 ) -> Look:
     """Similar items in the query's partition and eq. 3 pairings from the named targets (every
     other partition by default). With `match_gender`, pairings follow the gender rule for the
@@ -116,7 +127,9 @@ def complete_the_look(
         positions = [cut.position(t) for t in targets]
     matched = (query.gender or gender) if match_gender else ""
     rule = gender_rule(matched)
-    result = recommend(cut, method, query.vector, k, home, positions, rule, own_row(query))
+    result = recommend(
+        cut, method, query.vector, k, home, positions, rule, own_row(query, exclude_rows), exact
+    )
     return Look(
         cut.name,
         cut.names[result.home],

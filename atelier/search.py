@@ -111,6 +111,26 @@ class CodeSet:
     def space(self, name: str) -> np.ndarray:
         return self.z if name == "z" else self.mu
 
+    def keeping(self, spaces: set[str]) -> CodeSet:
+        """The same codes with only the given arrays ("mu", "sigma", "z"); the others become
+        empty (0, d) arrays, so a stray read fails loudly instead of returning made-up codes."""
+        dim = self.mu.shape[1]
+        empty = np.zeros((0, dim), np.float32)
+        return CodeSet(
+            self.item_ids,
+            self.mu if "mu" in spaces else empty,
+            self.sigma if "sigma" in spaces else empty,
+            self.z if "z" in spaces else empty,
+        )
+
+
+def spaces_read(methods: Sequence[str]) -> set[str]:
+    """The code arrays the given methods score with (rescoring reads them per query)."""
+    spaces = {query_space(m) for m in methods}
+    if "loglik" in methods:
+        spaces |= {"mu", "sigma"}
+    return spaces
+
 
 def exact_scores(method: str, query: np.ndarray, codes: CodeSet, rows: np.ndarray) -> np.ndarray:
     """float64 scores, higher is better, of one query vector against the given rows."""

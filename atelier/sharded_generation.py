@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,8 @@ from atelier import generation as generations
 from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
 from atelier.find import Query
 from atelier.generation import KMEANS, MASTER, SPACES, SUB, UNKNOWN, Generation, Partitioning
-from atelier.search import SearchIndex, query_space
+from atelier.latent import RANKING_METHODS
+from atelier.search import IndexOptions, SearchIndex, query_space, spaces_read
 from atelier.sharding import Shard
 from atelier.store import CodeStore, ItemRecord
 
@@ -135,13 +137,29 @@ def _partition(labels: np.ndarray, names: tuple[str, ...], centres: np.ndarray) 
 
 
 def build_shard(
-    store: CodeStore, version: int, shard: Shard, k: int = 0, shared: SharedPartitions | None = None
+    store: CodeStore,
+    version: int,
+    shard: Shard,
+    k: int = 0,
+    shared: SharedPartitions | None = None,
+    index_options: IndexOptions | None = None,
+    methods: Sequence[str] = RANKING_METHODS,
 ) -> Generation:
-    """One shard of a generation: its own items under the whole generation's partitions. Every
-    partition exists on every shard; the category index holds only the subCategories the shard
-    has items of, and a partition the shard has none of searches nothing."""
+    """One shard of a generation: its own items, indexed under the whole generation's partitions
+    (every partition exists on every shard, empty where the shard holds none of its items)."""
     shared = shared or shared_partitions(store, version, k)
     local = generations.build(store, version, searchable=False, shard=shard)
+    return index_under(local, shared, index_options, methods)
+
+
+def index_under(
+    local: Generation,
+    shared: SharedPartitions,
+    index_options: IndexOptions | None = None,
+    methods: Sequence[str] = RANKING_METHODS,
+) -> Generation:
+    """Index a (non-searchable) generation's items under partitions decided elsewhere: the whole
+    generation's, for a shard; the base's, for a replica's delta of live changes."""
     codes = local.codes
     masters = np.array(
         [shared.master_of.get(s, UNKNOWN) for s in local.attributes[SUB].tolist()], dtype=object
@@ -154,40 +172,16 @@ def build_shard(
         }
         for part in (SUB, MASTER)
     }
+    category_index = SearchIndex(codes, by_space[SUB], attributes, methods, options=index_options)
     sub_names, master_names = shared.names[SUB], shared.names[MASTER]
-    # The index's own partitions: the subCategories present here, in the shared order.
-    present = np.unique(by_space[SUB]["mu"].labels)
-    indexed = {int(p): i for i, p in enumerate(present.tolist())}
-    renumbered = np.searchsorted(present, by_space[SUB]["mu"].labels)
-    category_index = SearchIndex(
-        codes,
-        {
-            s: Partition(
-                by_space[SUB][s].centres[present],
-                renumbered,
-                tuple(sub_names[p] for p in present.tolist()),
-            )
-            for s in SPACES
-        },
-        attributes,
-    )
     partitionings = {
-        SUB: Partitioning(
-            SUB,
-            by_space[SUB],
-            category_index,
-            [[indexed[p]] if p in indexed else [] for p in range(len(sub_names))],
-        ),
+        SUB: Partitioning(SUB, by_space[SUB], category_index, [[i] for i in range(len(sub_names))]),
         MASTER: Partitioning(
             MASTER,
             by_space[MASTER],
             category_index,
             [
-                [
-                    indexed[i]
-                    for i, sub in enumerate(sub_names)
-                    if i in indexed and shared.master_of.get(sub, UNKNOWN) == m
-                ]
+                [i for i, sub in enumerate(sub_names) if shared.master_of.get(sub, UNKNOWN) == m]
                 for m in master_names
             ],
         ),
@@ -197,16 +191,34 @@ def build_shard(
         partitionings[KMEANS] = Partitioning(
             KMEANS,
             kmeans,
-            SearchIndex(codes, kmeans, attributes),
+            SearchIndex(codes, kmeans, attributes, methods, options=index_options),
             [[i] for i in range(len(shared.names[KMEANS]))],
         )
     return dataclasses.replace(
         local,
+        codes=codes.keeping(spaces_read(methods)),
         attributes=attributes,
         master_of=shared.master_of,
         sub_names=sub_names,
         master_names=master_names,
         partitionings=partitionings,
+    )
+
+
+def frame_of(generation: Generation) -> SharedPartitions:
+    """The partitions a searchable generation is indexed under, to index more items under."""
+    names = {p: cut.names for p, cut in generation.partitionings.items()}
+    return SharedPartitions(
+        master_of=generation.master_of,
+        names=names,
+        centres={
+            p: {s: cut.by_space[s].centres for s in SPACES}
+            for p, cut in generation.partitionings.items()
+        },
+        sizes={
+            p: np.bincount(cut.by_space["mu"].labels, minlength=len(cut.names))
+            for p, cut in generation.partitionings.items()
+        },
     )
 
 

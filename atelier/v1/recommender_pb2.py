@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from atelier.v1 import common_pb2 as atelier_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61telier/v1/recommender.proto\x12\natelier.v1\x1a\x17\x61telier/v1/common.proto\"\x82\x02\n\x10RecommendRequest\x12 \n\x05query\x18\x01 \x01(\x0b\x32\x11.atelier.v1.Query\x12)\n\x06method\x18\x02 \x01(\x0e\x32\x19.atelier.v1.RankingMethod\x12(\n\tpartition\x18\x03 \x01(\x0e\x32\x15.atelier.v1.Partition\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x19\n\x11target_categories\x18\x05 \x03(\t\x12\x19\n\x0cmatch_gender\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06gender\x18\x07 \x01(\t\x12\x15\n\rallow_partial\x18\x08 \x01(\x08\x42\x0f\n\r_match_gender\"W\n\rPartitionList\x12\x11\n\tpartition\x18\x01 \x01(\t\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.atelier.v1.ScoredItem\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"\xba\x02\n\x11RecommendResponse\x12\x17\n\x0fquery_partition\x18\x01 \x01(\t\x12*\n\x07similar\x18\x02 \x01(\x0b\x32\x19.atelier.v1.PartitionList\x12+\n\x08pairings\x18\x03 \x03(\x0b\x32\x19.atelier.v1.PartitionList\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x36\n\x0equery_category\x18\x05 \x01(\x0b\x32\x1e.atelier.v1.CategoryPrediction\x12\x16\n\x0ematched_gender\x18\x06 \x01(\t\x12\x13\n\x0bshard_count\x18\x07 \x01(\x05\x12\x0e\n\x06shards\x18\x08 \x03(\x05\x12\x0f\n\x07partial\x18\t \x01(\x08\x12\x16\n\x0emissing_shards\x18\n \x03(\x05*\x97\x01\n\tPartition\x12\x19\n\x15PARTITION_UNSPECIFIED\x10\x00\x12\x14\n\x10PARTITION_KMEANS\x10\x01\x12\x1a\n\x12PARTITION_CATEGORY\x10\x02\x1a\x02\x08\x01\x12\x1a\n\x16PARTITION_SUB_CATEGORY\x10\x02\x12\x1d\n\x19PARTITION_MASTER_CATEGORY\x10\x03\x1a\x02\x10\x01\x32^\n\x12RecommenderService\x12H\n\tRecommend\x12\x1c.atelier.v1.RecommendRequest\x1a\x1d.atelier.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61telier/v1/recommender.proto\x12\natelier.v1\x1a\x17\x61telier/v1/common.proto\"\x91\x02\n\x10RecommendRequest\x12 \n\x05query\x18\x01 \x01(\x0b\x32\x11.atelier.v1.Query\x12)\n\x06method\x18\x02 \x01(\x0e\x32\x19.atelier.v1.RankingMethod\x12(\n\tpartition\x18\x03 \x01(\x0e\x32\x15.atelier.v1.Partition\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x19\n\x11target_categories\x18\x05 \x03(\t\x12\x19\n\x0cmatch_gender\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x0e\n\x06gender\x18\x07 \x01(\t\x12\x15\n\rallow_partial\x18\x08 \x01(\x08\x12\r\n\x05\x65xact\x18\t \x01(\x08\x42\x0f\n\r_match_gender\"W\n\rPartitionList\x12\x11\n\tpartition\x18\x01 \x01(\t\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.atelier.v1.ScoredItem\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"\xba\x02\n\x11RecommendResponse\x12\x17\n\x0fquery_partition\x18\x01 \x01(\t\x12*\n\x07similar\x18\x02 \x01(\x0b\x32\x19.atelier.v1.PartitionList\x12+\n\x08pairings\x18\x03 \x03(\x0b\x32\x19.atelier.v1.PartitionList\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x36\n\x0equery_category\x18\x05 \x01(\x0b\x32\x1e.atelier.v1.CategoryPrediction\x12\x16\n\x0ematched_gender\x18\x06 \x01(\t\x12\x13\n\x0bshard_count\x18\x07 \x01(\x05\x12\x0e\n\x06shards\x18\x08 \x03(\x05\x12\x0f\n\x07partial\x18\t \x01(\x08\x12\x16\n\x0emissing_shards\x18\n \x03(\x05*\x97\x01\n\tPartition\x12\x19\n\x15PARTITION_UNSPECIFIED\x10\x00\x12\x14\n\x10PARTITION_KMEANS\x10\x01\x12\x1a\n\x12PARTITION_CATEGORY\x10\x02\x1a\x02\x08\x01\x12\x1a\n\x16PARTITION_SUB_CATEGORY\x10\x02\x12\x1d\n\x19PARTITION_MASTER_CATEGORY\x10\x03\x1a\x02\x10\x01\x32^\n\x12RecommenderService\x12H\n\tRecommend\x12\x1c.atelier.v1.RecommendRequest\x1a\x1d.atelier.v1.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTITION']._serialized_options = b'\020\001'
   _globals['_PARTITION'].values_by_name["PARTITION_CATEGORY"]._loaded_options = None
   _globals['_PARTITION'].values_by_name["PARTITION_CATEGORY"]._serialized_options = b'\010\001'
-  _globals['_PARTITION']._serialized_start=737
-  _globals['_PARTITION']._serialized_end=888
+  _globals['_PARTITION']._serialized_start=752
+  _globals['_PARTITION']._serialized_end=903
   _globals['_RECOMMENDREQUEST']._serialized_start=70
-  _globals['_RECOMMENDREQUEST']._serialized_end=328
-  _globals['_PARTITIONLIST']._serialized_start=330
-  _globals['_PARTITIONLIST']._serialized_end=417
-  _globals['_RECOMMENDRESPONSE']._serialized_start=420
-  _globals['_RECOMMENDRESPONSE']._serialized_end=734
-  _globals['_RECOMMENDERSERVICE']._serialized_start=890
-  _globals['_RECOMMENDERSERVICE']._serialized_end=984
+  _globals['_RECOMMENDREQUEST']._serialized_end=343
+  _globals['_PARTITIONLIST']._serialized_start=345
+  _globals['_PARTITIONLIST']._serialized_end=432
+  _globals['_RECOMMENDRESPONSE']._serialized_start=435
+  _globals['_RECOMMENDRESPONSE']._serialized_end=749
+  _globals['_RECOMMENDERSERVICE']._serialized_start=905
+  _globals['_RECOMMENDERSERVICE']._serialized_end=999
 # @@protoc_insertion_point(module_scope)

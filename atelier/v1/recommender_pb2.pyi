@@ -22,7 +22,7 @@ PARTITION_SUB_CATEGORY: Partition
 PARTITION_MASTER_CATEGORY: Partition
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("query", "method", "partition", "k", "target_categories", "match_gender", "gender", "allow_partial")
+    __slots__ = ("query", "method", "partition", "k", "target_categories", "match_gender", "gender", "allow_partial", "exact")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class RecommendRequest(_message.Message):
     MATCH_GENDER_FIELD_NUMBER: _ClassVar[int]
     GENDER_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     query: _common_pb2.Query
     method: _common_pb2.RankingMethod
     partition: Partition
@@ -39,7 +40,8 @@ class RecommendRequest(_message.Message):
     match_gender: bool
     gender: str
     allow_partial: bool
-    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., method: _Optional[_Union[_common_pb2.RankingMethod, str]] = ..., partition: _Optional[_Union[Partition, str]] = ..., k: _Optional[int] = ..., target_categories: _Optional[_Iterable[str]] = ..., match_gender: _Optional[bool] = ..., gender: _Optional[str] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    exact: bool
+    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., method: _Optional[_Union[_common_pb2.RankingMethod, str]] = ..., partition: _Optional[_Union[Partition, str]] = ..., k: _Optional[int] = ..., target_categories: _Optional[_Iterable[str]] = ..., match_gender: _Optional[bool] = ..., gender: _Optional[str] = ..., allow_partial: _Optional[bool] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class PartitionList(_message.Message):
     __slots__ = ("partition", "items", "rank")

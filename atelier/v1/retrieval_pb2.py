@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from atelier.v1 import common_pb2 as atelier_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61telier/v1/retrieval.proto\x12\natelier.v1\x1a\x17\x61telier/v1/common.proto\"\x80\x02\n\rSearchRequest\x12 \n\x05query\x18\x01 \x01(\x0b\x32\x11.atelier.v1.Query\x12)\n\x06method\x18\x02 \x01(\x0e\x32\x19.atelier.v1.RankingMethod\x12&\n\x05scope\x18\x03 \x01(\x0e\x32\x17.atelier.v1.SearchScope\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x0e\n\x06nprobe\x18\x06 \x01(\x05\x12\x1f\n\x12\x65xclude_query_item\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\rallow_partial\x18\x08 \x01(\x08\x42\x15\n\x13_exclude_query_item\"\xff\x01\n\x0eSearchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.atelier.v1.ScoredItem\x12\x15\n\rquery_cluster\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x36\n\x0equery_category\x18\x04 \x01(\x0b\x32\x1e.atelier.v1.CategoryPrediction\x12\x10\n\x08searched\x18\x05 \x03(\t\x12\x13\n\x0bshard_count\x18\x06 \x01(\x05\x12\x0e\n\x06shards\x18\x07 \x03(\x05\x12\x0f\n\x07partial\x18\x08 \x01(\x08\x12\x16\n\x0emissing_shards\x18\t \x03(\x05*\xa2\x01\n\x0bSearchScope\x12\x1c\n\x18SEARCH_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_SCOPE_CLUSTER\x10\x01\x12\x1a\n\x16SEARCH_SCOPE_CATALOGUE\x10\x02\x12\x1d\n\x19SEARCH_SCOPE_SUB_CATEGORY\x10\x03\x12 \n\x1cSEARCH_SCOPE_MASTER_CATEGORY\x10\x04\x32S\n\x10RetrievalService\x12?\n\x06Search\x12\x19.atelier.v1.SearchRequest\x1a\x1a.atelier.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61telier/v1/retrieval.proto\x12\natelier.v1\x1a\x17\x61telier/v1/common.proto\"\x8f\x02\n\rSearchRequest\x12 \n\x05query\x18\x01 \x01(\x0b\x32\x11.atelier.v1.Query\x12)\n\x06method\x18\x02 \x01(\x0e\x32\x19.atelier.v1.RankingMethod\x12&\n\x05scope\x18\x03 \x01(\x0e\x32\x17.atelier.v1.SearchScope\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x0e\n\x06nprobe\x18\x06 \x01(\x05\x12\x1f\n\x12\x65xclude_query_item\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\rallow_partial\x18\x08 \x01(\x08\x12\r\n\x05\x65xact\x18\t \x01(\x08\x42\x15\n\x13_exclude_query_item\"\xff\x01\n\x0eSearchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.atelier.v1.ScoredItem\x12\x15\n\rquery_cluster\x18\x02 \x01(\x05\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x36\n\x0equery_category\x18\x04 \x01(\x0b\x32\x1e.atelier.v1.CategoryPrediction\x12\x10\n\x08searched\x18\x05 \x03(\t\x12\x13\n\x0bshard_count\x18\x06 \x01(\x05\x12\x0e\n\x06shards\x18\x07 \x03(\x05\x12\x0f\n\x07partial\x18\x08 \x01(\x08\x12\x16\n\x0emissing_shards\x18\t \x03(\x05*\xa2\x01\n\x0bSearchScope\x12\x1c\n\x18SEARCH_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_SCOPE_CLUSTER\x10\x01\x12\x1a\n\x16SEARCH_SCOPE_CATALOGUE\x10\x02\x12\x1d\n\x19SEARCH_SCOPE_SUB_CATEGORY\x10\x03\x12 \n\x1cSEARCH_SCOPE_MASTER_CATEGORY\x10\x04\x32S\n\x10RetrievalService\x12?\n\x06Search\x12\x19.atelier.v1.SearchRequest\x1a\x1a.atelier.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'atelier.v1.retrieval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEARCHSCOPE']._serialized_start=585
-  _globals['_SEARCHSCOPE']._serialized_end=747
+  _globals['_SEARCHSCOPE']._serialized_start=600
+  _globals['_SEARCHSCOPE']._serialized_end=762
   _globals['_SEARCHREQUEST']._serialized_start=68
-  _globals['_SEARCHREQUEST']._serialized_end=324
-  _globals['_SEARCHRESPONSE']._serialized_start=327
-  _globals['_SEARCHRESPONSE']._serialized_end=582
-  _globals['_RETRIEVALSERVICE']._serialized_start=749
-  _globals['_RETRIEVALSERVICE']._serialized_end=832
+  _globals['_SEARCHREQUEST']._serialized_end=339
+  _globals['_SEARCHRESPONSE']._serialized_start=342
+  _globals['_SEARCHRESPONSE']._serialized_end=597
+  _globals['_RETRIEVALSERVICE']._serialized_start=764
+  _globals['_RETRIEVALSERVICE']._serialized_end=847
 # @@protoc_insertion_point(module_scope)

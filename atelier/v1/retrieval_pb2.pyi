@@ -22,7 +22,7 @@ SEARCH_SCOPE_SUB_CATEGORY: SearchScope
 SEARCH_SCOPE_MASTER_CATEGORY: SearchScope
 
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "method", "scope", "k", "category", "nprobe", "exclude_query_item", "allow_partial")
+    __slots__ = ("query", "method", "scope", "k", "category", "nprobe", "exclude_query_item", "allow_partial", "exact")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class SearchRequest(_message.Message):
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_QUERY_ITEM_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     query: _common_pb2.Query
     method: _common_pb2.RankingMethod
     scope: SearchScope
@@ -39,7 +40,8 @@ class SearchRequest(_message.Message):
     nprobe: int
     exclude_query_item: bool
     allow_partial: bool
-    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., method: _Optional[_Union[_common_pb2.RankingMethod, str]] = ..., scope: _Optional[_Union[SearchScope, str]] = ..., k: _Optional[int] = ..., category: _Optional[str] = ..., nprobe: _Optional[int] = ..., exclude_query_item: _Optional[bool] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    exact: bool
+    def __init__(self, query: _Optional[_Union[_common_pb2.Query, _Mapping]] = ..., method: _Optional[_Union[_common_pb2.RankingMethod, str]] = ..., scope: _Optional[_Union[SearchScope, str]] = ..., k: _Optional[int] = ..., category: _Optional[str] = ..., nprobe: _Optional[int] = ..., exclude_query_item: _Optional[bool] = ..., allow_partial: _Optional[bool] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("results", "query_cluster", "model_version", "query_category", "searched", "shard_count", "shards", "partial", "missing_shards")

@@ -1,7 +1,12 @@
-"""Keep the served generation loaded: build at startup, rebuild on a switch, swap atomically.
+"""Keep the served generation loaded: build at startup, rebuild on a switch, follow its live
+changes, swap atomically.
 
 A search never waits on a rebuild and never sees a half-built index: the new Generation is built
-beside the old one and replaces it with one reference assignment.
+beside the old one and replaces it with one reference assignment. With `follow`, a second thread
+reads the served generation's change stream and installs each batch as a new (cheap) snapshot
+(atelier.live); when the changes pile up past what the snapshot should carry, or the stream was
+trimmed past this replica, the generation is rebuilt from the store in the background and the
+changes since that build are applied on top.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import redis
 
 from atelier.generation import Generation
 from atelier.store import GENERATION_CHANNEL, CodeStore
+
+Held = Generation  # or anything with a `version`; followed ones are atelier.live.LiveGeneration
 
 log = logging.getLogger(__name__)
 FIRST_RETRY_SECONDS = 1.0
@@ -36,6 +43,8 @@ class GenerationHolder:
         on_change: Callable[[Generation], None] | None = None,
         poll_seconds: float = 5.0,
         channel: str = GENERATION_CHANNEL,
+        follow: bool = False,
+        follow_block_ms: int = 500,
     ):
         self.store = store
         self._build = build
@@ -44,6 +53,10 @@ class GenerationHolder:
         self._channel = channel
         self._current: Generation | None = None
         self._lock = threading.Lock()  # one rebuild at a time; readers never take it
+        self._swap = threading.Lock()  # installs: a rebuild and a change batch never cross
+        self._follow = follow
+        self._follow_block_ms = follow_block_ms
+        self._rebuild_wanted = threading.Event()
         self._retries: dict[int, tuple[float, float]] = {}  # version -> (retry at, last delay)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="generation-watch", daemon=True)
@@ -55,11 +68,14 @@ class GenerationHolder:
     def start(self) -> None:
         self.refresh()
         self._thread.start()
+        if self._follow:
+            threading.Thread(target=self._follow_changes, name="changes", daemon=True).start()
+            threading.Thread(target=self._compact, name="compaction", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def refresh(self) -> None:
+    def refresh(self, rebuild: bool = False) -> None:
         """Load the served version if it is not the one held.
 
         The `served` pointer is re-read every time (an announcement only wakes the watcher), and
@@ -71,7 +87,7 @@ class GenerationHolder:
             while True:
                 version = self.store.served_version()
                 if version is None or (
-                    self._current is not None and self._current.version == version
+                    not rebuild and self._current is not None and self._current.version == version
                 ):
                     return
                 retry_at, _ = self._retries.get(version, (0.0, 0.0))
@@ -99,7 +115,8 @@ class GenerationHolder:
             log.exception("building version %s failed; next try in %.0f s", version, delay)
 
     def _install(self, generation: Generation) -> None:
-        self._current = generation
+        with self._swap:
+            self._current = generation
         # A generation is millions of long-lived objects (metadata dicts, ids); keep them out of
         # the cyclic collector's sweeps, which otherwise stall requests. No gc.collect() first:
         # a full collection over such a heap is itself the stall (refcounting frees the old
@@ -128,3 +145,49 @@ class GenerationHolder:
                 self._stop.wait(1.0)
             finally:
                 pubsub.close()
+
+    def _follow_changes(self) -> None:
+        """Apply the held generation's changes as they are written (one blocking read at a time)."""
+        while not self._stop.is_set():
+            held = self._current
+            if held is None or not hasattr(held, "with_changes"):
+                self._stop.wait(0.2)
+                continue
+            try:
+                batch = self.store.changes_after(
+                    held.version, *held.position, block_ms=self._follow_block_ms
+                )
+                if batch.gap:
+                    log.warning("version %d: changes were trimmed past this replica", held.version)
+                    self._rebuild_wanted.set()
+                    self._stop.wait(1.0)
+                    continue
+                if not batch.changes:
+                    continue
+                updated = held.with_changes(batch)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("lost Redis while following changes (%s); retrying", exc)
+                self._stop.wait(1.0)
+                continue
+            except Exception:
+                log.exception("applying changes failed; rebuilding version %d", held.version)
+                self._rebuild_wanted.set()
+                self._stop.wait(1.0)
+                continue
+            with self._swap:
+                if self._current is held:  # a rebuild installed meanwhile reads on by itself
+                    self._current = updated
+            if updated.needs_compaction:
+                self._rebuild_wanted.set()
+
+    def _compact(self) -> None:
+        """Rebuild the served version from the store when asked (changes piled up, or a gap)."""
+        while not self._stop.is_set():
+            if not self._rebuild_wanted.wait(1.0):
+                continue
+            self._rebuild_wanted.clear()
+            log.info("rebuilding the served version to fold its changes in")
+            try:
+                self.refresh(rebuild=True)
+            except Exception:
+                log.exception("rebuild failed; keeping the current snapshot")

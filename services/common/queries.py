@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,8 +16,9 @@ from atelier import generation as generations
 from atelier import sharded_generation
 from atelier.find import PartitionUnavailable, Query
 from atelier.generation import KMEANS, CategoryOf, Generation
-from atelier.latent import NON_FINITE_CODE, finite_rows, validate_vector
-from atelier.search import query_space
+from atelier.latent import NON_FINITE_CODE, RANKING_METHODS, finite_rows, validate_vector
+from atelier.live import Hit, LiveGeneration
+from atelier.search import IndexOptions, query_space
 from atelier.sharded_generation import SharedPartitions
 from atelier.sharding import Shard
 from atelier.store import CodeStore, ItemRecord
@@ -191,6 +192,42 @@ def scored_items(
     ]
 
 
+def scored_hits(hits: list[Hit], partitioning_name: str, space: str) -> list[common_pb2.ScoredItem]:
+    """scored_items for merged hits, each from its own segment of a live generation."""
+    return [
+        scored
+        for segment, row, score in hits
+        for scored in scored_items(
+            segment, np.array([row]), np.array([score]), partitioning_name, space
+        )
+    ]
+
+
+def resolve_live(
+    query: common_pb2.Query,
+    live: LiveGeneration,
+    method: str,
+    encoder: encoder_pb2_grpc.EncoderServiceStub | None,
+    remaining: float | None,
+    max_abs: float,
+    fetch: Callable[[int, str], ItemRecord | None] | None = None,
+) -> list[Query]:
+    """The query as each segment of a live generation knows it: the segment holding a catalogue
+    item knows its row (so it is left out of its own results); the others see its code only."""
+    owner = live.base
+    if query.WhichOneof("source") == "item_id":
+        located = live.locate(query.item_id)
+        if located is None and (query.item_id in live.overlay.deleted or fetch is None):
+            raise LookupError(f"unknown item {query.item_id!r} in generation {live.version}")
+        if located is not None:
+            owner = located[0]
+    resolved = resolve(query, owner, method, encoder, remaining, max_abs, fetch)
+    return [
+        resolved if segment is owner else dataclasses.replace(resolved, row=None)
+        for segment in live.segments
+    ]
+
+
 @dataclass(frozen=True)
 class QuerySettings:
     """Settings shared by the services that answer queries from the served generation."""
@@ -205,6 +242,8 @@ class QuerySettings:
     auth: AuthSettings
     shard_index: int
     shard_count: int
+    index: IndexOptions
+    methods: tuple[str, ...]
 
     @property
     def shard(self) -> Shard | None:
@@ -227,7 +266,24 @@ class QuerySettings:
             # One address per shard goes into the clients' RETRIEVAL_ADDR / RECOMMENDER_ADDR.
             shard_index=env_int("SHARD_INDEX", 0),
             shard_count=env_int("SHARD_COUNT", 1),
+            # flat: exact, every partition one list; ivf: k-means sublists per partition, NPROBE
+            # of them probed (recall@10 >= 0.99 at the default, docs/benchmarks.md `scale`).
+            index=IndexOptions(
+                kind=env_str("INDEX_KIND", "flat"), nprobe=env_int("NPROBE", IndexOptions.nprobe)
+            ),
+            # The methods indexed; each costs a copy of the codes (docs/deploy: memory).
+            methods=_methods(env_str("SEARCH_METHODS", ",".join(RANKING_METHODS))),
         )
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in RANKING_METHODS]
+    if unknown or not methods:
+        raise ValueError(
+            f"SEARCH_METHODS lists {unknown or 'nothing'}; choose from {', '.join(RANKING_METHODS)}"
+        )
+    return methods
 
 
 class GenerationServicer:
@@ -251,7 +307,7 @@ class GenerationServicer:
         shard = self.shard or Shard(0, 1)
         return {"shard_count": shard.count, "shards": [shard.index]}
 
-    def generation(self, context) -> Generation:
+    def generation(self, context) -> LiveGeneration:
         generation = self.holder.current if self.holder else None  # one reference per request
         if generation is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no generation of codes is served yet")
@@ -260,22 +316,30 @@ class GenerationServicer:
 
 def _builder(
     settings: QuerySettings, store: CodeStore, servicer: GenerationServicer
-) -> Callable[[int], Generation]:
-    """How this process builds a served generation: whole, or its shard of it."""
+) -> Callable[[int], LiveGeneration]:
+    """How this process builds a served generation (whole, or its shard of it), ready to follow
+    the generation's live changes."""
     shard = settings.shard
-    if shard is None:
-        return functools.partial(generations.build, store, k=settings.kmeans_k)
 
-    def build(version: int) -> Generation:
+    def build(version: int) -> LiveGeneration:
+        if shard is None:
+            generation = generations.build(
+                store,
+                version,
+                k=settings.kmeans_k,
+                index_options=settings.index,
+                methods=settings.methods,
+            )
+            return LiveGeneration.of(generation, generation.position, settings.methods)
         shared = sharded_generation.shared_partitions(store, version, settings.kmeans_k)
         generation = sharded_generation.build_shard(
-            store, version, shard, settings.kmeans_k, shared
+            store, version, shard, settings.kmeans_k, shared, settings.index, settings.methods
         )
         # Requests still on the generation being replaced keep its shared state.
         held = servicer.holder.current if servicer.holder else None
         kept = {v: p for v, p in servicer.shared.items() if held and v == held.version}
         servicer.shared = {**kept, version: shared}
-        return generation
+        return LiveGeneration.of(generation, generation.position, settings.methods, shard.owns)
 
     return build
 
@@ -306,7 +370,7 @@ def run_query_server(
     ) as running:
         build = _builder(settings, store, servicer)
         servicer.holder = GenerationHolder(
-            store, build, lambda _generation: running.set_serving(True)
+            store, build, lambda _generation: running.set_serving(True), follow=True
         )
         servicer.holder.start()
         try:

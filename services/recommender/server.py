@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from atelier.generation import KMEANS, MASTER, SUB
-from atelier.recommend import complete_the_look
+from atelier.live import complete_the_look as live_complete_the_look
 from atelier.search import query_space
 from atelier.sharded_generation import pairing_order
 from atelier.v1 import encoder_pb2_grpc, recommender_pb2, recommender_pb2_grpc
@@ -33,15 +33,15 @@ class RecommenderServicer(
     queries.GenerationServicer, recommender_pb2_grpc.RecommenderServiceServicer
 ):
     def Recommend(self, request, context):
-        generation = self.generation(context)
+        live = self.generation(context)
         with queries.statuses(context):
             method = queries.method_name(request.method)
             k = queries.check_k(request.k)
             if request.partition not in PARTITIONS:
                 raise ValueError(f"unknown partition {request.partition}")
-            query = queries.resolve(
+            per_segment = queries.resolve_live(
                 request.query,
-                generation,
+                live,
                 method,
                 self.encoder,
                 context.time_remaining(),
@@ -52,34 +52,32 @@ class RecommenderServicer(
             # Every target, explicitly in the whole generation's order, so shards list (and rank)
             # pairings alike; the same order the recommender takes by default on one node.
             targets = list(request.target_categories)
-            if not targets and partitioning in generation.partitionings:
-                targets = pairing_order(
-                    generation, partitioning, self.shared.get(generation.version)
-                )
-            look = complete_the_look(
-                generation,
+            if not targets and partitioning in live.base.partitionings:
+                targets = pairing_order(live.base, partitioning, self.shared.get(live.version))
+            look = live_complete_the_look(
+                live,
                 method,
-                query,
+                per_segment,
                 k,
-                partitioning,
-                targets,
-                request.match_gender if request.HasField("match_gender") else True,
-                request.gender,
+                partitioning_name=partitioning,
+                targets=targets,
+                match_gender=request.match_gender if request.HasField("match_gender") else True,
+                gender=request.gender,
+                exact=request.exact,
             )
             space = query_space(method)
-
             rank = {name: place for place, name in reversed(list(enumerate(targets)))}
 
-            def listed(name: str, found, place: int = 0) -> recommender_pb2.PartitionList:
-                items = queries.scored_items(generation, *found, look.partitioning, space)
+            def listed(name: str, hits, place: int = 0) -> recommender_pb2.PartitionList:
+                items = queries.scored_hits(hits, look.partitioning, space)
                 return recommender_pb2.PartitionList(partition=name, items=items, rank=place)
 
             return recommender_pb2.RecommendResponse(
                 query_partition=look.home,
                 similar=listed(look.home, look.similar),
-                pairings=[listed(name, found, rank[name]) for name, found in look.pairings.items()],
-                model_version=generation.version,
-                query_category=queries.category_message(query.category),
+                pairings=[listed(name, hits, rank[name]) for name, hits in look.pairings.items()],
+                model_version=live.version,
+                query_category=queries.category_message(per_segment[0].category),
                 matched_gender=look.matched_gender,
                 **self.shard_fields(),
             )

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from atelier import find
 from atelier.generation import KMEANS
+from atelier.live import search as live_search
 from atelier.search import query_space
 from atelier.v1 import encoder_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.common import queries
@@ -30,41 +30,43 @@ SCOPES = {
 
 class RetrievalServicer(queries.GenerationServicer, retrieval_pb2_grpc.RetrievalServiceServicer):
     def Search(self, request, context):
-        generation = self.generation(context)
+        live = self.generation(context)
         with queries.statuses(context):
             method = queries.method_name(request.method)
             k = queries.check_k(request.k)
             if request.scope not in SCOPES:
                 raise ValueError(f"unknown scope {request.scope}")
-            query = queries.resolve(
+            per_segment = queries.resolve_live(
                 request.query,
-                generation,
+                live,
                 method,
                 self.encoder,
                 context.time_remaining(),
                 self.max_abs_latent,
                 self.fetch(),
             )
-            found = find.search(
-                generation,
+            hits, found = live_search(
+                live,
                 method,
-                query,
+                per_segment,
                 k,
-                SCOPES[request.scope],
-                request.nprobe,
-                request.category,
-                request.exclude_query_item if request.HasField("exclude_query_item") else True,
+                scope=SCOPES[request.scope],
+                nprobe=request.nprobe,
+                category=request.category,
+                exclude_query=(
+                    request.exclude_query_item if request.HasField("exclude_query_item") else True
+                ),
+                exact=request.exact,
             )
             space = query_space(method)
-            kmeans = generation.partitionings.get(KMEANS)
+            kmeans = live.base.partitionings.get(KMEANS)
+            query = per_segment[0]
             return retrieval_pb2.SearchResponse(
-                results=queries.scored_items(
-                    generation, found.rows, found.scores, found.partitioning, space
-                ),
+                results=queries.scored_hits(hits, found.partitioning, space),
                 query_cluster=(
                     int(kmeans.by_space[space].assign(query.vector)[0]) if kmeans else -1
                 ),
-                model_version=generation.version,
+                model_version=live.version,
                 query_category=queries.category_message(query.category),
                 searched=found.searched,
                 **self.shard_fields(),
