@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from atelier.categories import CategoryPredictor
+from atelier.categories import MAX_FIT_ITEMS, CategoryPredictor
 from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
 from atelier.latent import RANKING_METHODS
 from atelier.search import CodeSet, IndexOptions, SearchIndex, Where, spaces_read
@@ -143,7 +143,10 @@ def _category_predictor(
         if len(set(subs[labelled].tolist())) < 2:
             return None
         started = time.perf_counter()
-        fitted = CategoryPredictor.fit(mu[labelled], subs[labelled])
+        rows = np.flatnonzero(labelled)
+        if len(rows) > MAX_FIT_ITEMS:  # sample first: never a float64 copy of millions of codes
+            rows = np.sort(np.random.default_rng(0).choice(rows, MAX_FIT_ITEMS, replace=False))
+        fitted = CategoryPredictor.fit(mu[rows], subs[rows])
         log.info(
             "generation %d: category predictor fitted on %d labelled items in %.1fs",
             version,

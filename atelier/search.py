@@ -347,7 +347,10 @@ class SearchIndex:
     ):
         self.codes = codes
         self.partitions = partitions
-        self.attributes = {k: np.asarray(v).astype(str) for k, v in (attributes or {}).items()}
+        # Shared with the generation, not copied: at ten million items each column is ~1 GB.
+        self.attributes = {
+            k: np.asarray(v).astype(str, copy=False) for k, v in (attributes or {}).items()
+        }
         self.margin = margin
         self.options = options or IndexOptions()
         self._indexes: dict[str, _MethodIndex] = {}

@@ -328,6 +328,7 @@ def start_deployment(
                 "SHARD_INDEX": str(index),
                 "SHARD_COUNT": str(shards),
                 **({"NPROBE": str(args.nprobe)} if args.nprobe else {}),
+                **({"SEARCH_METHODS": args.methods} if args.methods else {}),
             }
             argv = [sys.executable, "-m", "services.retrieval"]
             label = f"{name}-{kind}-{index}of{shards}"
@@ -766,6 +767,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visibility-timeout", type=float, default=5.0)
     parser.add_argument("--nprobe", type=int, default=0, help="NPROBE for IVF (0: its default)")
     parser.add_argument("--faiss-threads", type=int, default=1)
+    parser.add_argument(
+        "--methods", default="", help="SEARCH_METHODS for the replicas (default: every method)"
+    )
     parser.add_argument(
         "--chunk", type=int, default=100_000, help="items drawn and written at once"
     )
