@@ -560,6 +560,8 @@ class CodeStore:
             )
             stream_id = entry_id.decode()
         if not entries and sequence < self.change_position(version):
+            if block_ms:  # a change may have landed since the blocking read gave up: look again
+                return self.changes_after(version, sequence, stream_id, count)
             # Nothing after our entry, yet the counter moved past us: trimmed (or a new stream).
             return ChangeBatch([], sequence, stream_id, gap=True)
         return ChangeBatch(changes, expected - 1, stream_id, gap=False)
