@@ -389,7 +389,9 @@ def test_compose_tls_override_secures_every_service():
         timeout=60,
     )
     services = yaml.safe_load(merged.stdout)["services"]
-    for name in ("modelserver", "encoder", "decoder", "retrieval", "recommender"):
+    shards = tuple(f"{s}-{i}" for s in ("retrieval", "recommender") for i in range(3))
+    assert not set(shards) ^ {n for n in services if n.startswith(("retrieval", "recommender"))}
+    for name in ("modelserver", "encoder", "decoder", *shards):
         env = services[name]["environment"]
         assert ServerTLS.from_env(env).mutual, name
         assert env["TLS_CLIENT_CERT_FILE"] and env["TLS_CA_FILE"], name
@@ -398,8 +400,7 @@ def test_compose_tls_override_secures_every_service():
         "encoder",
         "worker",
         "decoder",
-        "retrieval",
-        "recommender",
+        *shards,
         "gateway",
     ):
         env = services[name]["environment"]
@@ -410,8 +411,7 @@ def test_compose_tls_override_secures_every_service():
         "worker",
         "bootstrap",
         "decoder",
-        "retrieval",
-        "recommender",
+        *shards,
         "gateway",
     ):
         env = services[name]["environment"]

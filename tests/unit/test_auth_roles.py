@@ -36,7 +36,14 @@ def test_every_rpc_of_every_service_has_a_role():
 
 
 def test_roles_follow_the_issue():
-    writer = {"SubmitCatalogue", "CancelJob", "RecordInteractions", "ImportInteractions"}
+    writer = {
+        "SubmitCatalogue",
+        "CancelJob",
+        "UpsertItems",
+        "DeleteItems",
+        "RecordInteractions",
+        "ImportInteractions",
+    }
     admin = {"ServeGeneration", "RemoveGeneration", "TrainPreferenceModel", "ServePreferenceModel"}
     for method, role in METHOD_ROLES.items():
         name = method.rsplit("/", 1)[1]
