@@ -621,7 +621,10 @@ class CodeStore:
                     ids += [block_ids[i] for i in picked.tolist()]
                     metas += [block_metas[i] for i in picked.tolist()]
                 filled += taken
-        mu, sigma, z = (plane if filled == slots else plane[:filled].copy() for plane in planes)
+        # A few dead slots stay in the arrays' spare room; a shard's fraction is copied out.
+        mu, sigma, z = (
+            plane[:filled] if filled >= 0.9 * slots else plane[:filled].copy() for plane in planes
+        )
         del planes
         return CodeMatrix(
             version=version,
@@ -1056,8 +1059,7 @@ class Metadata(Sequence):
             for out, position in zip(values, positions, strict=True):
                 out += fields[position::width]
         return {
-            name: np.array(column, dtype=object).astype(str)
-            for name, column in zip(names, values, strict=True)
+            name: np.array(column, dtype=str) for name, column in zip(names, values, strict=True)
         }
 
     def appended(self, packed: list[bytes]) -> Metadata:
