@@ -187,3 +187,44 @@ def test_a_replica_started_after_the_changes_agrees(live_suite, store):
             query = matrix.z[row].astype(np.float64)
             fresh = by_vector(restarted.Search, query, k=20, exact=True)
             assert [r.item.item_id for r in fresh.results] == brute_force_ids(store, query, 20)[0]
+
+
+def test_upserts_and_deletes_say_what_is_wrong(stubs, tiny_images):
+    encoder, _, _ = stubs
+    reply = encoder.UpsertItems(
+        encoder_pb2.UpsertItemsRequest(
+            entries=[
+                entry(tiny_images, "live-good", "2235", "Sandal", "Footwear"),
+                encoder_pb2.CatalogueEntry(
+                    item=common_pb2.Item(item_id="live-bad", sub_category="Topwear"),
+                    image=b"not an image",
+                ),
+                encoder_pb2.CatalogueEntry(
+                    item=common_pb2.Item(item_id="live-outside", image_ref="/etc/passwd")
+                ),
+            ]
+        ),
+        timeout=30,
+    )
+    outcomes = {o.item_id: (o.ok, o.reason) for o in reply.outcomes}
+    assert outcomes["live-good"] == (True, "")
+    assert not outcomes["live-bad"][0] and outcomes["live-bad"][1]
+    assert outcomes["live-outside"] == (
+        False,
+        "image_ref '/etc/passwd' is outside the catalogue roots",
+    )
+    too_many = [entry(tiny_images, f"many-{i}", "2235") for i in range(257)]
+    for request, wanted in (
+        (encoder_pb2.UpsertItemsRequest(entries=too_many), "at most 256"),
+        (encoder_pb2.UpsertItemsRequest(), "at least one"),
+        (encoder_pb2.DeleteItemsRequest(), "at least one"),
+        (encoder_pb2.UpsertItemsRequest(entries=[entry(tiny_images, "x", "2235")] * 2), "twice"),
+    ):
+        call = encoder.UpsertItems if hasattr(request, "entries") else encoder.DeleteItems
+        with pytest.raises(grpc.RpcError) as raised:
+            call(request, timeout=30)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert wanted in raised.value.details()
+    with pytest.raises(grpc.RpcError) as raised:
+        encoder.DeleteItems(encoder_pb2.DeleteItemsRequest(item_ids=["a"], model_version=99))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
