@@ -201,7 +201,7 @@ def running_suite(
         local_suite(
             work, models, workers=1, extra_env=env, restart=True, redis_appendfsync=appendfsync
         ) as suite,
-        _environ(ATELIER_TOKEN=suite.token or ""),
+        environment(ATELIER_TOKEN=suite.token or ""),
     ):
         store = CodeStore.from_url(suite.env["REDIS_URL"])
         with channel(suite.env["ENCODER_ADDR"]) as made:
@@ -222,8 +222,8 @@ def running_suite(
 
 
 @contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables for the block (the suite's token, read by `auth_token`)."""
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the block (e.g. the suite's token, read by `auth_token`)."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:

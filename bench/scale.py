@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from atelier.processes import free_port, start_redis
 from atelier.store import CodeStore, ItemRecord, ModelRecord
 from atelier.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from bench import report, synthetic
+from bench.load import environment
 from services.common.launcher import ManagedProcess, start_process, wait_serving
 from services.common.tls import ClientTLS, make_channel
 
@@ -110,20 +110,6 @@ class Capabilities:
     shards: str | None  # None when SHARD_INDEX/SHARD_COUNT and the fan-out exist, else why not
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def capabilities() -> Capabilities:
     """Read the retrieval settings as a replica would with INDEX_KIND=ivf and SHARD_COUNT=2, and
     see whether they took."""
@@ -137,7 +123,7 @@ def capabilities() -> Capabilities:
         "ATELIER_AUTH": "none",
         "REDIS_URL": "redis://127.0.0.1:1/0",
     }
-    with _environment(probe):
+    with environment(**probe):
         settings = Settings.from_env()
     values = [getattr(settings, f.name) for f in dataclasses.fields(settings)]
     ivf = any(v == "ivf" or getattr(v, "kind", None) == "ivf" for v in values)

@@ -160,9 +160,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             )
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give csv_path or entries")
 
-    def SubmitCatalogue(self, request, context):
-        shape = self._resolve(request.model_version, context)
-        entries = self._entries(request, context)
+    def _registered(self, requested: int, context) -> tuple[ModelShape, tuple[int, int]]:
+        """The model version to encode with (0: the served one), registered in the store."""
+        shape = self._resolve(requested, context)
         size = (shape.image_height, shape.image_width)
         try:
             jobs.ensure_model_registered(
@@ -175,6 +175,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             )
         except grpc.RpcError as exc:
             context.abort(*status_of(exc))
+        return shape, size
+
+    def SubmitCatalogue(self, request, context):
+        entries = self._entries(request, context)
+        shape, size = self._registered(request.model_version, context)
         try:
             job_id = jobs.submit(
                 self.store, shape.version, entries, size, self.enqueue, self.settings.job_policy
@@ -203,17 +208,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             jobs.validate_entries(entries, self.settings.job_policy)
         except ValueError as exc:  # LimitExceeded included
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        shape = self._resolve(request.model_version, context)
-        size = (shape.image_height, shape.image_width)
+        shape, size = self._registered(request.model_version, context)
         try:
-            jobs.ensure_model_registered(
-                self.store,
-                shape.version,
-                size,
-                shape.latent_dim,
-                self.settings.models_dir,
-                self._encode_fn(context),
-            )
             written, failures = jobs.upsert_items(
                 self.store,
                 self._encode_fn(context),
