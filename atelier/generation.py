@@ -21,7 +21,7 @@ from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
 from atelier.latent import RANKING_METHODS
 from atelier.search import CodeSet, IndexOptions, SearchIndex, Where, spaces_read
 from atelier.sharding import Shard
-from atelier.store import CodeMatrix, CodeStore, Metadata
+from atelier.store import PLANES, CodeMatrix, CodeStore, Metadata
 
 log = logging.getLogger(__name__)
 SPACES = ("mu", "z")
@@ -253,12 +253,13 @@ def build(
     index_options: IndexOptions | None = None,
     shard: Shard | None = None,
     methods: Sequence[str] = RANKING_METHODS,
+    vectors: Sequence[str] = PLANES,
 ) -> Generation:
-    """Load a generation from Redis (only `shard`'s items, when given) and index it for
-    `methods`. Derived state (the category predictor, k-means centres) is computed once per
+    """Load a generation from Redis (only `shard`'s items, and only the code `vectors` named,
+    when given) and index it for `methods`. Derived state (the category predictor, k-means centres) is computed once per
     generation and kept in Redis, so replicas and shards agree."""
     started = time.perf_counter()
-    matrix = store.load_codes(version, keep=shard.owns if shard else None)
+    matrix = store.load_codes(version, keep=shard.owns if shard else None, vectors=vectors)
     if not matrix.item_ids:
         raise LookupError(f"generation {version} holds no codes")
     if searchable and k and len(matrix.item_ids) < k:

@@ -57,6 +57,7 @@ JOB_PARTS = ("pending", "done", "failed", "chunks", "deliveries")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 BLOCK_ITEMS = 4096  # items per block: 3 MB of codes at 64 dimensions, one GET each
 ROW_VECTORS = 3  # μ, σ, z
+PLANES = ("mu", "sigma", "z")  # a block's planes, in order
 UPSERT_BATCH = 1000  # items per upsert script call (Lua's unpack limit is 8000 arguments)
 CHANGES_CAP = 200_000  # changes kept per served generation; a replica further behind reloads
 SEP = b"\x1f"  # between an id or slot and the metadata
@@ -567,10 +568,16 @@ class CodeStore:
         return ChangeBatch(changes, expected - 1, stream_id, gap=False)
 
     def load_codes(
-        self, version: int, keep: Callable[[str], bool] | None = None, blocks_per_call: int = 8
+        self,
+        version: int,
+        keep: Callable[[str], bool] | None = None,
+        blocks_per_call: int = 8,
+        vectors: Sequence[str] = PLANES,
     ) -> CodeMatrix:
         """Every live code of a generation (those whose id passes `keep`), in slot order, and the
-        change position they include: changes after it are to be applied on top."""
+        change position they include: changes after it are to be applied on top. Only the named
+        `vectors` are read (each is 256 bytes an item at 64 dimensions); the others come back
+        as empty (0, d) arrays."""
         self.migrate_generation(version)  # no-op unless written in the first layout
         prefix = _generation_prefix(version)
         pipe = self.redis.pipeline(transaction=True)
@@ -587,33 +594,35 @@ class CodeStore:
         ids: list[str] = []
         metas: list[bytes] = []
         # Filled plane by plane: one copy of the codes, never a list of blocks concatenated.
-        planes = [np.empty((slots, dim), np.float32) for _ in range(ROW_VECTORS)]
+        wanted = [PLANES.index(name) for name in vectors]
+        planes = {plane: np.empty((slots, dim), np.float32) for plane in wanted}
+        width = BLOCK_ITEMS * dim * 4
         filled = 0
         blocks = -(-slots // BLOCK_ITEMS)
         for first in range(0, blocks, blocks_per_call):
             pipe = self.redis.pipeline(transaction=False)
             span = range(first, min(blocks, first + blocks_per_call))
             for block in span:
-                pipe.get(prefix + f"block:{block}")
+                for plane in wanted:
+                    pipe.getrange(prefix + f"block:{block}", plane * width, (plane + 1) * width - 1)
                 pipe.get(prefix + f"ids:{block}")
                 pipe.get(prefix + f"meta:{block}")
             replies = pipe.execute()
+            step = len(wanted) + 2
             for offset, block in enumerate(span):
-                data, id_text, meta_text = replies[3 * offset : 3 * offset + 3]
+                *data, id_text, meta_text = replies[step * offset : step * (offset + 1)]
                 base = block * BLOCK_ITEMS
                 count = min(BLOCK_ITEMS, slots - base)
                 block_ids = (id_text or b"").decode().split("\n")[:count]
                 block_metas = (meta_text or b"").split(b"\n")[:count]
-                stored = np.frombuffer(data or b"", "<f4")
                 chosen = live[base : base + count].copy()
                 if keep is not None:
                     chosen &= np.fromiter(map(keep, block_ids), bool, count)
                 picked = None if chosen.all() else np.flatnonzero(chosen)
                 taken = count if picked is None else len(picked)
-                for plane, out in enumerate(planes):
-                    start = plane * BLOCK_ITEMS * dim
-                    vectors = stored[start : start + count * dim].reshape(count, dim)
-                    out[filled : filled + taken] = vectors if picked is None else vectors[picked]
+                for raw, out in zip(data, planes.values(), strict=True):
+                    stored = np.frombuffer(raw or b"", "<f4")[: count * dim].reshape(count, dim)
+                    out[filled : filled + taken] = stored if picked is None else stored[picked]
                 if picked is None:
                     ids += block_ids
                     metas += block_metas
@@ -623,7 +632,12 @@ class CodeStore:
                 filled += taken
         # A few dead slots stay in the arrays' spare room; a shard's fraction is copied out.
         mu, sigma, z = (
-            plane[:filled] if filled >= 0.9 * slots else plane[:filled].copy() for plane in planes
+            np.zeros((0, dim), np.float32)
+            if plane not in planes
+            else planes[plane][:filled]
+            if filled >= 0.9 * slots
+            else planes[plane][:filled].copy()
+            for plane in range(ROW_VECTORS)
         )
         del planes
         return CodeMatrix(

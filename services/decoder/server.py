@@ -23,14 +23,22 @@ from services.common.runtime import RunningServer, grpc_server
 from services.decoder.config import Settings
 
 log = logging.getLogger(__name__)
+MAX_DRAWS = 8
 SERVICE_NAME = decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name
 
 
 class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
-    def __init__(self, settings: Settings, model: ModelClient, holder: GenerationHolder | None):
+    def __init__(
+        self,
+        settings: Settings,
+        model: ModelClient,
+        holder: GenerationHolder | None,
+        store: CodeStore | None = None,
+    ):
         self.settings = settings
         self.model = model
         self.holder = holder
+        self.store = store
 
     def _latent_dim(self, version: int, context) -> int:
         try:
@@ -96,13 +104,23 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"seed must be >= 0, got {request.seed}"
             )
         rng = np.random.default_rng(request.seed if request.HasField("seed") else None)
-        row = int(rng.choice(rows))
+        # The decoder holds μ only; the item's whole code is read from the store, which also
+        # tells an item deleted since the generation was loaded (then another one is drawn).
+        for _ in range(MAX_DRAWS):
+            row = int(rng.choice(rows))
+            record = self.store.item(generation.version, generation.codes.item_ids[row])
+            if record is not None:
+                break
+        else:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the items drawn were deleted meanwhile; try again"
+            )
         codes = generation.codes
         key = request.category or ""
         basis = generation.slider_state(key, lambda: slider_basis(codes.mu[rows]))
         return decoder_pb2.RandomStartResponse(
             item=item_message(generation, row),
-            code=common_pb2.LatentCode(mu=codes.mu[row], sigma=codes.sigma[row], z=codes.z[row]),
+            code=common_pb2.LatentCode(mu=record.mu, sigma=record.sigma, z=record.z),
             model_version=generation.version,
             lower=generation.lower,
             upper=generation.upper,
@@ -155,7 +173,7 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
 def run_server(settings: Settings) -> Iterator[RunningServer]:
     store = CodeStore.from_url(settings.redis_url)
     model = ModelClient(settings.model_server_addr, settings.model_timeout)
-    servicer = DecoderServicer(settings, model, None)
+    servicer = DecoderServicer(settings, model, None, store)
     with grpc_server(
         lambda server: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(servicer, server),
         (SERVICE_NAME,),
@@ -164,7 +182,8 @@ def run_server(settings: Settings) -> Iterator[RunningServer]:
         auth=settings.auth,
     ) as running:
         model.shape()  # the model server answers
-        build = functools.partial(generations.build, store, searchable=False)
+        # μ only (sliders, bounds, categories): a third of the codes' memory.
+        build = functools.partial(generations.build, store, searchable=False, vectors=("mu",))
         servicer.holder = GenerationHolder(store, build, lambda _g: running.set_serving(True))
         servicer.holder.start()  # RandomStart needs a served generation: SERVING once it is loaded
         try:
