@@ -264,13 +264,11 @@ class QuerySettings:
             faiss_threads=env_int("FAISS_THREADS", 1),
             auth=AuthSettings.from_env(),
             # One address per shard goes into the clients' RETRIEVAL_ADDR / RECOMMENDER_ADDR.
-            shard_index=env_int("SHARD_INDEX", 0),
+            shard_index=_shard_index(),
             shard_count=env_int("SHARD_COUNT", 1),
             # flat: exact, every partition one list; ivf: k-means sublists per partition, NPROBE
             # of them probed (recall@10 >= 0.99 at the default, docs/benchmarks.md `scale`).
-            index=IndexOptions(
-                kind=env_str("INDEX_KIND", "flat"), nprobe=env_int("NPROBE", IndexOptions.nprobe)
-            ),
+            index=_index_options(),
             # The methods indexed; each costs a copy of the codes (docs/deploy: memory).
             methods=_methods(env_str("SEARCH_METHODS", ",".join(RANKING_METHODS))),
         )
@@ -280,10 +278,28 @@ def _methods(text: str) -> tuple[str, ...]:
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = [m for m in methods if m not in RANKING_METHODS]
     if unknown or not methods:
-        raise ValueError(
+        raise SystemExit(
             f"SEARCH_METHODS lists {unknown or 'nothing'}; choose from {', '.join(RANKING_METHODS)}"
         )
     return methods
+
+
+def _index_options() -> IndexOptions:
+    try:
+        return IndexOptions(
+            kind=env_str("INDEX_KIND", "flat"), nprobe=env_int("NPROBE", IndexOptions.nprobe)
+        )
+    except ValueError as exc:
+        raise SystemExit(f"INDEX_KIND / NPROBE: {exc}") from None
+
+
+def _shard_index() -> int:
+    index, count = env_int("SHARD_INDEX", 0), env_int("SHARD_COUNT", 1)
+    if count < 1 or not 0 <= index < count:
+        raise SystemExit(
+            f"SHARD_INDEX must be in 0..SHARD_COUNT-1 with SHARD_COUNT >= 1, got {index} of {count}"
+        )
+    return index
 
 
 class GenerationServicer:
