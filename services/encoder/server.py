@@ -160,9 +160,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             )
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give csv_path or entries")
 
-    def _registered(self, requested: int, context) -> tuple[ModelShape, tuple[int, int]]:
-        """The model version to encode with (0: the served one), registered in the store."""
-        shape = self._resolve(requested, context)
+    def _register(self, shape: ModelShape, context) -> tuple[int, int]:
+        """Register the model version to encode with in the store; its image size."""
         size = (shape.image_height, shape.image_width)
         try:
             jobs.ensure_model_registered(
@@ -175,11 +174,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             )
         except grpc.RpcError as exc:
             context.abort(*status_of(exc))
-        return shape, size
+        return size
 
     def SubmitCatalogue(self, request, context):
+        shape = self._resolve(request.model_version, context)
         entries = self._entries(request, context)
-        shape, size = self._registered(request.model_version, context)
+        size = self._register(shape, context)
         try:
             job_id = jobs.submit(
                 self.store, shape.version, entries, size, self.enqueue, self.settings.job_policy
@@ -208,7 +208,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             jobs.validate_entries(entries, self.settings.job_policy)
         except ValueError as exc:  # LimitExceeded included
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        shape, size = self._registered(request.model_version, context)
+        shape = self._resolve(request.model_version, context)
+        size = self._register(shape, context)
         try:
             written, failures = jobs.upsert_items(
                 self.store,
