@@ -115,6 +115,53 @@ def cmd_generations(args: argparse.Namespace) -> int:
     return _run_client(action)
 
 
+def cmd_items(args: argparse.Namespace) -> int:
+    """Live updates of a generation: upsert one item from a photo, or delete items by id."""
+    from atelier.v1 import common_pb2, encoder_pb2
+
+    def action() -> int:
+        client = _encoder_client(args)
+        try:
+            if args.action == "delete":
+                reply = client.encoder.DeleteItems(
+                    encoder_pb2.DeleteItemsRequest(item_ids=args.ids, model_version=args.version),
+                    timeout=client.timeout,
+                )
+                print(f"deleted {reply.deleted} from generation {reply.model_version}")
+                for item_id in reply.not_found:
+                    print(f"not found: {item_id}")
+                return 0 if not reply.not_found else 1
+            if len(args.ids) != 1 or args.image is None:
+                print("error: `items upsert` takes one id and --image", file=sys.stderr)
+                return 2
+            item = common_pb2.Item(
+                item_id=args.ids[0],
+                sub_category=args.sub_category,
+                master_category=args.master_category,
+                article_type=args.article_type,
+                gender=args.gender,
+                colour=args.colour,
+                name=args.name,
+            )
+            reply = client.encoder.UpsertItems(
+                encoder_pb2.UpsertItemsRequest(
+                    entries=[encoder_pb2.CatalogueEntry(item=item, image=args.image.read_bytes())],
+                    model_version=args.version,
+                ),
+                timeout=client.timeout,
+            )
+            (outcome,) = reply.outcomes
+            if not outcome.ok:
+                print(f"failed {outcome.item_id}: {outcome.reason}", file=sys.stderr)
+                return 1
+            print(f"upserted {outcome.item_id} into generation {reply.model_version}")
+            return 0
+        finally:
+            client.close()
+
+    return _run_client(action)
+
+
 def _generations_in_redis(args: argparse.Namespace) -> int:
     """Operator-only: straight to Redis, no service and no role check (whoever can reach Redis
     can change anything anyway)."""
@@ -428,6 +475,21 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
         help="operator only: change Redis directly, bypassing the services and their role checks",
     )
     generations.set_defaults(handler=cmd_generations)
+
+    items = commands.add_parser(
+        "items",
+        help="live updates: upsert an item from its photo, or delete items (served generation)",
+    )
+    items.add_argument("action", choices=("upsert", "delete"))
+    items.add_argument("ids", nargs="+", help="the item id (upsert) or ids (delete)")
+    items.add_argument("--image", type=Path, default=None, help="upsert: the item's photo")
+    for field in ("sub-category", "master-category", "article-type", "gender", "colour", "name"):
+        items.add_argument(f"--{field}", default="", help="upsert: the item's label")
+    items.add_argument("--version", type=int, default=0, help="model version (default: served)")
+    items.add_argument("--encoder", default=None, help="encoder address (default $ENCODER_ADDR)")
+    items.add_argument("--timeout", type=float, default=30.0)
+    _add_token_arguments(items)
+    items.set_defaults(handler=cmd_items)
 
     tokens = commands.add_parser(
         "tokens", help="manage bearer tokens (create, list, revoke) and the compose secrets"

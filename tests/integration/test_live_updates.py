@@ -5,6 +5,9 @@ item never comes back; a replica started afterwards agrees with the one that fol
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import grpc
@@ -228,3 +231,30 @@ def test_upserts_and_deletes_say_what_is_wrong(stubs, tiny_images):
     with pytest.raises(grpc.RpcError) as raised:
         encoder.DeleteItems(encoder_pb2.DeleteItemsRequest(item_ids=["a"], model_version=99))
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_cli_upserts_and_deletes_items(live_suite, stubs, store, tiny_images):
+    _, retrieval, _ = stubs
+
+    def atelier(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", "items", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **live_suite.env},
+        )
+
+    added = atelier(
+        "upsert", "cli-1", "--image", str(tiny_images / "1164.jpg"), "--sub-category", "Topwear"
+    )
+    assert added.returncode == 0, added.stderr
+    assert f"upserted cli-1 into generation {VERSION}" in added.stdout
+    code = store.item(VERSION, "cli-1").z.astype(np.float64)
+    eventually(lambda: on_top(by_vector(retrieval.Search, code).results, "cli-1"))
+    removed = atelier("delete", "cli-1", "never-was")
+    assert removed.returncode == 1  # one id was not found, and says so
+    assert "deleted 1" in removed.stdout and "not found: never-was" in removed.stdout
+    assert store.item(VERSION, "cli-1") is None
+    bad = atelier("upsert", "cli-2", "--image", str(tiny_images / "missing.jpg"))
+    assert bad.returncode == 2 and "error:" in bad.stderr
