@@ -71,8 +71,8 @@ def delta_of(
     changed: list[Change],
     methods: Sequence[str] = RANKING_METHODS,
 ) -> Generation:
-    """The changed items as a small generation indexed flat (exact) under the base's partitions.
-    An item of a category the base does not have raises LookupError (the holder then rebuilds)."""
+    """The changed items as a small generation indexed flat (exact) under the base's partitions
+    (an item of a category the base does not have goes to the partition nearest its code)."""
     vectors = [unpack_row(change.row) for change in changed]
     mu, sigma, z = (np.stack([v[n] for v in vectors]) for n in range(3))
     matrix = CodeMatrix(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from atelier.search import IndexOptions, SearchIndex, query_space, spaces_read
 from atelier.sharding import Shard
 from atelier.store import CodeStore, ItemRecord
 
+log = logging.getLogger(__name__)
 SHARED_STATE = "shards:partitions:k={k}"
 
 
@@ -125,15 +127,25 @@ def shared_partitions(store: CodeStore, version: int, k: int) -> SharedPartition
     return SharedPartitions.from_json(stored)
 
 
-def _partition(labels: np.ndarray, names: tuple[str, ...], centres: np.ndarray) -> Partition:
+def named_partition(
+    labels: np.ndarray, names: tuple[str, ...], centres: np.ndarray, vectors: np.ndarray
+) -> Partition:
+    """Items in the named partitions. An item whose label is not among them (a category the
+    generation's partitions were derived without: a live update, or an item written since) is
+    indexed in the partition with the nearest centre, so it is found, and nothing fails, until
+    the partitions are derived again."""
     position = {name: index for index, name in enumerate(names)}
-    try:
-        index = np.array([position[label] for label in labels.tolist()], dtype=np.int64)
-    except KeyError as exc:
-        raise LookupError(
-            f"item label {exc.args[0]!r} is not among the generation's shared partitions"
-        ) from None
-    return Partition(np.asarray(centres, np.float32), index, names)
+    index = np.array([position.get(label, -1) for label in labels.tolist()], dtype=np.int64)
+    centres = np.asarray(centres, np.float32)
+    strays = np.flatnonzero(index < 0)
+    if len(strays):
+        log.warning(
+            "%d items have labels the partitions do not name (%s); indexed by nearest centre",
+            len(strays),
+            ", ".join(sorted(set(labels[strays].tolist()))[:5]),
+        )
+        index[strays] = Partition(centres, index, names).assign(vectors[strays])
+    return Partition(centres, index, names)
 
 
 def build_shard(
@@ -167,7 +179,9 @@ def index_under(
     attributes = {**local.attributes, MASTER: masters}
     by_space = {
         part: {
-            s: _partition(attributes[part], shared.names[part], shared.centres[part][s])
+            s: named_partition(
+                attributes[part], shared.names[part], shared.centres[part][s], codes.space(s)
+            )
             for s in SPACES
         }
         for part in (SUB, MASTER)

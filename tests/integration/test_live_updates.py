@@ -258,3 +258,34 @@ def test_the_cli_upserts_and_deletes_items(live_suite, stubs, store, tiny_images
     assert store.item(VERSION, "cli-1") is None
     bad = atelier("upsert", "cli-2", "--image", str(tiny_images / "missing.jpg"))
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_an_item_of_a_new_category_is_found_without_a_rebuild(stubs, store, tiny_images):
+    encoder, retrieval, _ = stubs
+    reply = encoder.UpsertItems(
+        encoder_pb2.UpsertItemsRequest(
+            entries=[entry(tiny_images, "live-cape", "1603", "Capes", "Apparel")]
+        ),
+        timeout=30,
+    )
+    assert reply.outcomes[0].ok
+    code = store.item(VERSION, "live-cape").z.astype(np.float64)
+    eventually(lambda: on_top(by_vector(retrieval.Search, code).results, "live-cape"))
+    # Its own category has no partition yet: its scope says so, the whole catalogue answers.
+    with pytest.raises(grpc.RpcError) as raised:
+        retrieval.Search(
+            retrieval_pb2.SearchRequest(query=common_pb2.Query(item_id="live-cape"), k=3),
+            timeout=10,
+        )
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "search the whole catalogue instead" in raised.value.details()
+    found = retrieval.Search(
+        retrieval_pb2.SearchRequest(
+            query=common_pb2.Query(item_id="live-cape"),
+            k=3,
+            scope=retrieval_pb2.SEARCH_SCOPE_CATALOGUE,
+        ),
+        timeout=10,
+    )
+    assert found.query_category.sub_category == "Capes" and len(found.results) == 3
+    assert "live-cape" not in [r.item.item_id for r in found.results]
