@@ -159,6 +159,8 @@ def validate_entries(entries: Sequence[dict], policy: JobPolicy) -> None:
             raise ValueError("every item needs a non-empty item_id")
         if len(item_id) > MAX_ITEM_ID_CHARS:
             raise ValueError(f"item ids are at most {MAX_ITEM_ID_CHARS} characters")
+        if not item_id.isprintable():
+            raise ValueError(f"item id {item_id[:40]!r} holds control characters")
         if item_id in seen:
             raise ValueError(f"item_id {item_id!r} appears twice in the job")
         seen.add(item_id)

@@ -39,6 +39,7 @@ activity); codes belong to their generation and never expire.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -49,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
+log = logging.getLogger(__name__)
 PREFIX = "atelier:"
 GENERATION_CHANNEL = PREFIX + "generation"
 ACTIVE_JOBS = PREFIX + "jobs:active"
@@ -456,6 +458,8 @@ class CodeStore:
         return sum(int(n) for n in pipe.execute())
 
     def _queue_upserts(self, pipe, version: int, records: Sequence[ItemRecord]) -> None:
+        # One record per id, the last: two of the same id in one script would take two slots.
+        records = list({record.item_id: record for record in records}.values())
         for batch in _chunks(records, UPSERT_BATCH):
             args: list[str | bytes] = []
             for record in batch:
@@ -685,6 +689,8 @@ class CodeStore:
             for start in range(0, len(item_ids), batch):
                 end = min(len(item_ids), start + batch)
                 ids = _checked_ids(item_ids[start:end])
+                if len(set(ids)) != len(ids):
+                    raise ValueError("a bulk write names an item id twice")
                 metas = [pack_metadata(m) for m in metadata[start:end]] if metadata else None
                 args = [
                     _generation_prefix(version),
@@ -720,8 +726,15 @@ class CodeStore:
             records = [
                 _record(item_id, data)
                 for item_id, data in zip(chunk, pipe.execute(), strict=True)
-                if data
+                if data and not _FORBIDDEN.search(item_id)
             ]
+            # Ids no block can hold (control characters) stay in the first layout, logged.
+            skipped = [i for i in chunk if _FORBIDDEN.search(i)]
+            if skipped:
+                log.warning("generation %d: %d ids left unmigrated", version, len(skipped))
+            chunk = [item_id for item_id in chunk if not _FORBIDDEN.search(item_id)]
+            if not chunk:
+                continue
             if records:
                 self.upsert_codes(version, records)
             pipe = self.redis.pipeline(transaction=False)
@@ -1020,9 +1033,8 @@ def pack_metadata(metadata: dict[str, str]) -> str:
     """The metadata fields in METADATA_FIELDS order; control characters (the separators) become
     spaces, so a stored line always splits back into the same fields."""
     values = [metadata.get(k) or "" for k in METADATA_FIELDS]
-    joined = FIELD_SEP.join(values)
-    if joined.replace(FIELD_SEP, "").isprintable():  # the common case, at C speed
-        return joined
+    if "".join(values).isprintable():  # the common case, at C speed
+        return FIELD_SEP.join(values)
     return FIELD_SEP.join(_FORBIDDEN.sub(" ", v) for v in values)
 
 

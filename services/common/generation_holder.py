@@ -102,8 +102,20 @@ class GenerationHolder:
                 if self.store.served_version() != version:
                     log.info("built version %d, but another is served now: building that", version)
                     continue
-                self._install(generation)
+                self._install(self._caught_up(generation))
                 return
+
+    def _caught_up(self, built):
+        """A followed build with the changes written while it loaded applied on top: installing
+        it as loaded would take a replica back in time (a delete undone until the follower
+        catches up)."""
+        if not self._follow or not hasattr(built, "with_changes"):
+            return built
+        while True:
+            batch = self.store.changes_after(built.version, *built.position)
+            if batch.gap or not batch.changes:
+                return built  # a gap: the follower asks for another build
+            built = built.with_changes(batch)
 
     def _back_off(self, version: int, exc: Exception) -> None:
         _, delay = self._retries.get(version, (0.0, 0.0))
@@ -191,3 +203,6 @@ class GenerationHolder:
                 self.refresh(rebuild=True)
             except Exception:
                 log.exception("rebuild failed; keeping the current snapshot")
+            # Asked again meanwhile by the follower, about the snapshot just replaced: the new
+            # one asks for itself if it needs to.
+            self._rebuild_wanted.clear()

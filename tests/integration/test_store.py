@@ -234,3 +234,18 @@ def test_submit_rejects_duplicate_or_missing_ids(store: CodeStore):
         jobs.submit(store, 1, [{"item_id": ""}], (80, 64), lambda *_: None)
     with pytest.raises(ValueError, match="at least one"):
         jobs.submit(store, 1, [], (80, 64), lambda *_: None)
+
+
+def test_separators_in_metadata_and_repeated_ids_never_misalign_a_generation(store: CodeStore):
+    record = _record("sep", 0)
+    odd = ItemRecord(
+        "sep", record.mu, record.sigma, record.z, {"name": "a\x1eb\nc", "gender": "Men"}
+    )
+    twice = [_record("dup", 1), _record("dup", 2)]
+    assert store.upsert_codes(9, [odd, *twice]) == 2  # one slot each: the last "dup" wins
+    loaded = store.item(9, "sep").metadata
+    assert loaded["name"] == "a b c" and loaded["gender"] == "Men"
+    assert np.array_equal(store.item(9, "dup").mu, twice[1].mu)
+    assert store.load_codes(9).item_ids == ["sep", "dup"]
+    with pytest.raises(ValueError, match="twice"):
+        store.write_generation(10, ["x", "x"], *(np.zeros((2, 16), np.float32),) * 3)
