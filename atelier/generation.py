@@ -219,10 +219,29 @@ def index_partitions(
     `index_options` says how each index is laid out (flat, or IVF sublists per partition)."""
     subs, masters = attributes[SUB], attributes[MASTER]
     sub_names = tuple(sorted(set(subs.tolist())))
-    by_sub = {s: by_labels(codes.space(s), subs, sub_names) for s in SPACES}
-    category_index = SearchIndex(codes, by_sub, attributes, methods, options=index_options)
     master_names = tuple(sorted(set(masters.tolist())))
+    by_sub = {s: by_labels(codes.space(s), subs, sub_names) for s in SPACES}
     by_master = {s: by_labels(codes.space(s), masters, master_names) for s in SPACES}
+    return partitionings_over(
+        codes, attributes, master_of, by_sub, by_master, kmeans, index_options, methods
+    )
+
+
+def partitionings_over(
+    codes: CodeSet,
+    attributes: dict[str, np.ndarray],
+    master_of: dict[str, str],
+    by_sub: dict[str, Partition],
+    by_master: dict[str, Partition],
+    kmeans: dict[str, Partition] | None = None,
+    index_options: IndexOptions | None = None,
+    methods: Sequence[str] = RANKING_METHODS,
+) -> dict[str, Partitioning]:
+    """The partitionings over given partitions (per code space): subCategories and
+    masterCategories share one index whose partitions are the subCategories; k-means clusters,
+    when given, have their own."""
+    sub_names = by_sub["mu"].names
+    category_index = SearchIndex(codes, by_sub, attributes, methods, options=index_options)
     partitionings = {
         SUB: Partitioning(SUB, by_sub, category_index, [[i] for i in range(len(sub_names))]),
         MASTER: Partitioning(
@@ -231,7 +250,7 @@ def index_partitions(
             category_index,
             [
                 [i for i, sub in enumerate(sub_names) if master_of.get(sub, UNKNOWN) == master]
-                for master in master_names
+                for master in by_master["mu"].names
             ],
         ),
     }

@@ -21,9 +21,9 @@ import numpy as np
 from atelier import generation as generations
 from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
 from atelier.find import Query
-from atelier.generation import KMEANS, MASTER, SPACES, SUB, UNKNOWN, Generation, Partitioning
+from atelier.generation import KMEANS, MASTER, SPACES, SUB, UNKNOWN, Generation
 from atelier.latent import RANKING_METHODS
-from atelier.search import IndexOptions, SearchIndex, query_space, spaces_read
+from atelier.search import IndexOptions, query_space, spaces_read
 from atelier.sharding import Shard
 from atelier.store import CodeStore, ItemRecord
 
@@ -186,35 +186,28 @@ def index_under(
         }
         for part in (SUB, MASTER)
     }
-    category_index = SearchIndex(codes, by_space[SUB], attributes, methods, options=index_options)
-    sub_names, master_names = shared.names[SUB], shared.names[MASTER]
-    partitionings = {
-        SUB: Partitioning(SUB, by_space[SUB], category_index, [[i] for i in range(len(sub_names))]),
-        MASTER: Partitioning(
-            MASTER,
-            by_space[MASTER],
-            category_index,
-            [
-                [i for i, sub in enumerate(sub_names) if shared.master_of.get(sub, UNKNOWN) == m]
-                for m in master_names
-            ],
-        ),
-    }
-    if KMEANS in shared.names:
-        kmeans = {s: from_centres(codes.space(s), shared.centres[KMEANS][s]) for s in SPACES}
-        partitionings[KMEANS] = Partitioning(
-            KMEANS,
-            kmeans,
-            SearchIndex(codes, kmeans, attributes, methods, options=index_options),
-            [[i] for i in range(len(shared.names[KMEANS]))],
-        )
+    kmeans = (
+        {s: from_centres(codes.space(s), shared.centres[KMEANS][s]) for s in SPACES}
+        if KMEANS in shared.names
+        else None
+    )
+    partitionings = generations.partitionings_over(
+        codes,
+        attributes,
+        shared.master_of,
+        by_space[SUB],
+        by_space[MASTER],
+        kmeans,
+        index_options,
+        methods,
+    )
     return dataclasses.replace(
         local,
         codes=codes.keeping(spaces_read(methods)),
         attributes=attributes,
         master_of=shared.master_of,
-        sub_names=sub_names,
-        master_names=master_names,
+        sub_names=shared.names[SUB],
+        master_names=shared.names[MASTER],
         partitionings=partitionings,
     )
 
