@@ -74,13 +74,18 @@ def by_labels(
     `names` fixes the partitions and their order (every label must be among them); by default
     they are the labels present, sorted.
     """
-    labels = np.asarray(labels).astype(str)
+    labels = np.asarray(labels).astype(str, copy=False)
     names = tuple(names) if names is not None else tuple(sorted(set(labels.tolist())))
-    position = {name: index for index, name in enumerate(names)}
-    try:
-        index = np.array([position[label] for label in labels.tolist()], dtype=np.int64)
-    except KeyError as exc:
-        raise ValueError(f"label {exc.args[0]!r} is not one of the partitions") from None
+    # Binary search over the names, at C speed (a dict lookup per label takes seconds at
+    # ten million items).
+    named = np.array(names, dtype=str)
+    by_name = np.argsort(named, kind="stable")
+    found = np.minimum(np.searchsorted(named[by_name], labels), max(0, len(names) - 1))
+    unknown = (named[by_name][found] != labels) if len(names) else np.ones(len(labels), bool)
+    if unknown.any():
+        label = labels[np.flatnonzero(unknown)[0]]
+        raise ValueError(f"label {str(label)!r} is not one of the partitions")
+    index = by_name[found].astype(np.int64)
     vectors = np.asarray(vectors)
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
     sums = np.zeros((len(names), dim))

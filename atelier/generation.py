@@ -9,6 +9,7 @@ k-means clusters (when KMEANS_K > 0) have their own index.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Sequence
@@ -19,7 +20,15 @@ import numpy as np
 from atelier.categories import MAX_FIT_ITEMS, CategoryPredictor
 from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
 from atelier.latent import RANKING_METHODS
-from atelier.search import CodeSet, IndexOptions, SearchIndex, Where, spaces_read
+from atelier.search import (
+    LIST_SPACES,
+    CodeSet,
+    IndexOptions,
+    SearchIndex,
+    TrainedLists,
+    Where,
+    spaces_read,
+)
 from atelier.sharding import Shard
 from atelier.store import PLANES, CodeMatrix, CodeStore, Metadata
 
@@ -156,6 +165,54 @@ def _category_predictor(
     return CategoryPredictor.from_json(stored)
 
 
+def _sublists_state(partitioning: str, space: str, options: IndexOptions) -> str:
+    return (
+        f"sublists:{partitioning}:{space}:{options.lists_factor}:{options.min_list_size}:"
+        f"{options.points_per_list}:{options.niter}:{options.seed}"
+    )
+
+
+def _stored_sublists(
+    store: CodeStore, version: int, options: IndexOptions | None
+) -> dict[str, TrainedLists] | None:
+    """IVF sublist centroids an earlier replica trained for this generation (k-means per
+    partition is most of an IVF build: a replica that finds them only assigns its items)."""
+    if options is None or options.kind != "ivf":
+        return None
+    found: dict[str, TrainedLists] = {}
+    for partitioning in (SUB, KMEANS):
+        for space in LIST_SPACES:
+            raw = store.derived_state(version, _sublists_state(partitioning, space, options))
+            if raw is not None:
+                with np.load(io.BytesIO(raw)) as saved:
+                    lists = (saved["per_partition"], saved["centroids"])
+                found.setdefault(partitioning, {})[space] = lists
+    return found
+
+
+def _save_sublists(
+    store: CodeStore,
+    generation: Generation,
+    options: IndexOptions | None,
+    stored: dict[str, TrainedLists] | None,
+) -> None:
+    if options is None or options.kind != "ivf":
+        return
+    for name in (SUB, KMEANS):
+        if name not in generation.partitionings:
+            continue
+        for space, (per_partition, centroids) in (
+            generation.partitionings[name].index.trained_lists().items()
+        ):
+            if space in (stored or {}).get(name, {}):
+                continue
+            buffer = io.BytesIO()
+            np.savez(buffer, per_partition=per_partition, centroids=centroids)
+            store.save_derived_state(
+                generation.version, _sublists_state(name, space, options), buffer.getvalue()
+            )
+
+
 @dataclass(frozen=True)
 class Categories:
     subs: np.ndarray  # every item's subCategory: its label, else predicted
@@ -213,6 +270,7 @@ def index_partitions(
     kmeans: dict[str, Partition] | None = None,
     index_options: IndexOptions | None = None,
     methods: Sequence[str] = RANKING_METHODS,
+    trained: dict[str, TrainedLists] | None = None,
 ) -> dict[str, Partitioning]:
     """The subCategory and masterCategory partitionings over one index whose partitions are the
     subCategories, and the k-means partitioning over its own index when centres are given.
@@ -223,7 +281,7 @@ def index_partitions(
     by_sub = {s: by_labels(codes.space(s), subs, sub_names) for s in SPACES}
     by_master = {s: by_labels(codes.space(s), masters, master_names) for s in SPACES}
     return partitionings_over(
-        codes, attributes, master_of, by_sub, by_master, kmeans, index_options, methods
+        codes, attributes, master_of, by_sub, by_master, kmeans, index_options, methods, trained
     )
 
 
@@ -236,12 +294,16 @@ def partitionings_over(
     kmeans: dict[str, Partition] | None = None,
     index_options: IndexOptions | None = None,
     methods: Sequence[str] = RANKING_METHODS,
+    trained: dict[str, TrainedLists] | None = None,
 ) -> dict[str, Partitioning]:
     """The partitionings over given partitions (per code space): subCategories and
     masterCategories share one index whose partitions are the subCategories; k-means clusters,
-    when given, have their own."""
+    when given, have their own. `trained`: sublists per index (SUB, KMEANS) to reuse."""
     sub_names = by_sub["mu"].names
-    category_index = SearchIndex(codes, by_sub, attributes, methods, options=index_options)
+    trained = trained or {}
+    category_index = SearchIndex(
+        codes, by_sub, attributes, methods, options=index_options, trained=trained.get(SUB)
+    )
     partitionings = {
         SUB: Partitioning(SUB, by_sub, category_index, [[i] for i in range(len(sub_names))]),
         MASTER: Partitioning(
@@ -256,7 +318,9 @@ def partitionings_over(
     }
     if kmeans:
         count = len(kmeans["mu"].centres)
-        kmeans_index = SearchIndex(codes, kmeans, attributes, methods, options=index_options)
+        kmeans_index = SearchIndex(
+            codes, kmeans, attributes, methods, options=index_options, trained=trained.get(KMEANS)
+        )
         partitionings[KMEANS] = Partitioning(
             KMEANS, kmeans, kmeans_index, [[i] for i in range(count)]
         )
@@ -272,12 +336,17 @@ def build(
     index_options: IndexOptions | None = None,
     shard: Shard | None = None,
     methods: Sequence[str] = RANKING_METHODS,
-    vectors: Sequence[str] = PLANES,
+    vectors: Sequence[str] | None = None,
 ) -> Generation:
-    """Load a generation from Redis (only `shard`'s items, and only the code `vectors` named,
-    when given) and index it for `methods`. Derived state (the category predictor, k-means centres) is computed once per
-    generation and kept in Redis, so replicas and shards agree."""
+    """Load a generation from Redis (only `shard`'s items) and index it for `methods`. Derived
+    state (the category predictor, k-means centres) is computed once per generation and kept in
+    Redis, so replicas and shards agree. Only the code `vectors` named are read; by default,
+    when searchable, μ and z (partition centres are kept in both spaces) and σ where the methods
+    score with it, and all three otherwise."""
     started = time.perf_counter()
+    if vectors is None:
+        wanted = {"mu", *SPACES, *spaces_read(methods)} if searchable else set(PLANES)
+        vectors = [plane for plane in PLANES if plane in wanted]
     matrix = store.load_codes(version, keep=shard.owns if shard else None, vectors=vectors)
     if not matrix.item_ids:
         raise LookupError(f"generation {version} holds no codes")
@@ -298,6 +367,7 @@ def build(
                 fitted = fit_kmeans(vectors, matrix.item_ids, k, seed)
                 stored = store.save_partition_centres(version, space, fitted.centres)
             kmeans_centres[space] = stored
+    trained = _stored_sublists(store, version, index_options) if searchable else None
     generation = assemble(
         version,
         matrix,
@@ -307,7 +377,10 @@ def build(
         index_options=index_options,
         methods=methods,
         columns=columns,
+        trained=trained,
     )
+    if searchable:
+        _save_sublists(store, generation, index_options, trained)
     log.info(
         "generation %d: %d items (%d labelled) in %d subCategories, indexed in %.1fs",
         version,
@@ -328,6 +401,7 @@ def assemble(
     index_options: IndexOptions | None = None,
     methods: Sequence[str] = RANKING_METHODS,
     columns: dict[str, np.ndarray] | None = None,
+    trained: dict[str, TrainedLists] | None = None,
 ) -> Generation:
     """A Generation of the given codes: categories (labels, else predicted), partitions and,
     when searchable, the indexes of `methods`. Only the code spaces those methods read are kept
@@ -342,7 +416,9 @@ def assemble(
         else None
     )
     partitionings = (
-        index_partitions(codes, attributes, categories.master_of, kmeans, index_options, methods)
+        index_partitions(
+            codes, attributes, categories.master_of, kmeans, index_options, methods, trained
+        )
         if searchable
         else {}
     )

@@ -52,6 +52,9 @@ def list_space(method: str) -> str:
     return "unit" if method == "cosine" else query_space(method)
 
 
+LIST_SPACES = ("z", "mu", "unit")
+
+
 # A conjunction of attribute conditions: ((attribute, allowed values), ...), e.g.
 # (("sub_category", ("Shoes",)), ("gender", ("Men", "Unisex"))). Hashable, so selectors are cached.
 Where = tuple[tuple[str, tuple[str, ...]], ...]
@@ -282,10 +285,17 @@ def _sublists(
     )
     kmeans.train(np.ascontiguousarray(sample))
     centroids = kmeans.centroids.astype(np.float32)
+    return centroids, _nearest(x, centroids)
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each row's nearest centroid (Euclidean; on the unit sphere, the most similar)."""
+    if len(centroids) == 1:
+        return np.zeros(len(x), np.int64)
     nearest = faiss.IndexFlatL2(x.shape[1])
-    nearest.add(centroids)
-    _, assigned = nearest.search(x, 1)
-    return centroids, assigned[:, 0].astype(np.int64)
+    nearest.add(np.ascontiguousarray(centroids, np.float32))
+    _, assigned = nearest.search(np.ascontiguousarray(x, np.float32), 1)
+    return assigned[:, 0].astype(np.int64)
 
 
 def _empty_ivf(dim: int, nlist: int, metric: int) -> faiss.IndexIVFFlat:
@@ -329,6 +339,11 @@ def _bitmap_selector(mask: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
     return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap
 
 
+# Per list space ("z", "mu", "unit"): the lists each partition is cut into and their
+# centroids, in partition order.
+TrainedLists = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
 class SearchIndex:
     """All methods over one generation, partitioned by the μ-space and z-space partitions.
 
@@ -344,7 +359,11 @@ class SearchIndex:
         methods: Sequence[str] = METHODS,
         margin: int = 32,
         options: IndexOptions | None = None,
+        trained: TrainedLists | None = None,
     ):
+        """`trained`: sublist centroids from an earlier build of the same generation (see
+        `trained_lists`); a list space whose partitions still get the same number of lists
+        reuses them and only assigns its items, instead of running k-means again."""
         self.codes = codes
         self.partitions = partitions
         # Shared with the generation, not copied: at ten million items each column is ~1 GB.
@@ -355,6 +374,7 @@ class SearchIndex:
         self.options = options or IndexOptions()
         self._indexes: dict[str, _MethodIndex] = {}
         self._selectors: dict[Where, tuple[faiss.IDSelector | None, np.ndarray | None, int]] = {}
+        self._trained: TrainedLists = {}
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
@@ -362,9 +382,16 @@ class SearchIndex:
         for method in methods:
             spaces.setdefault(list_space(method), []).append(method)
         for space, group in spaces.items():
-            self._build_space(space, group)
+            self._build_space(space, group, (trained or {}).get(space))
 
-    def _build_space(self, space: str, methods: list[str]) -> None:
+    def trained_lists(self) -> TrainedLists:
+        """Per list space, the lists per partition and their centroids: what a later build of
+        the same generation can reuse."""
+        return dict(self._trained)
+
+    def _build_space(
+        self, space: str, methods: list[str], given: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
         """Cut every partition into sublists once, and fill each method's index from them."""
         codes, options = self.codes, self.options
         partition = self.partitions["z" if space == "z" else "mu"]
@@ -373,6 +400,7 @@ class SearchIndex:
         per_partition = [options.lists_for(int(n)) for n in np.diff(bounds)]
         starts = np.concatenate([[0], np.cumsum(per_partition)]).astype(np.int64)
         nlist = int(starts[-1])
+        reuse = given is not None and np.array_equal(given[0], per_partition)
         dim = codes.mu.shape[1]
         centroids = np.zeros((nlist, dim), np.float32)
         sizes = np.zeros(nlist, np.int64)
@@ -386,9 +414,13 @@ class SearchIndex:
         for p in range(count):
             rows = order[bounds[p] : bounds[p + 1]]
             x = _space_vectors(space, codes, rows)
-            cents, assigned = _sublists(
-                x, per_partition[p], options, space == "unit", options.seed + p
-            )
+            if reuse:
+                cents = given[1][starts[p] : starts[p + 1]]
+                assigned = _nearest(x, cents)
+            else:
+                cents, assigned = _sublists(
+                    x, per_partition[p], options, space == "unit", options.seed + p
+                )
             del x
             centroids[starts[p] : starts[p + 1]] = cents
             by_list = np.argsort(assigned, kind="stable")
@@ -409,6 +441,7 @@ class SearchIndex:
                 shift = shifts[p] if method == "loglik" else None
                 xb = _method_vectors(method, codes, rows, shift)
                 _add_sorted(indexes[method], xb, rows, int(starts[p]), counts)
+        self._trained[space] = (np.asarray(per_partition, np.int64), centroids)
         owner = np.repeat(np.arange(count), per_partition).astype(np.int64)
         lists = Sublists(
             centroids, (centroids.astype(np.float64) ** 2).sum(1), starts, owner, sizes

@@ -95,7 +95,7 @@ def shared_partitions(store: CodeStore, version: int, k: int) -> SharedPartition
     name = SHARED_STATE.format(k=k)
     stored = store.derived_state(version, name)
     if stored is None:
-        whole = generations.build(store, version, searchable=False)
+        whole = generations.build(store, version, searchable=False, vectors=SPACES)
         if k and len(whole.codes) < k:
             raise LookupError(
                 f"generation {version} holds {len(whole.codes)} codes, fewer than k={k} clusters"

@@ -5,12 +5,18 @@ Keys (prefix `atelier:`):
     model:{v}                     hash   model version metadata (latent_dim, image size, ε packed, ...)
     models                        set    the registered model versions (no keyspace SCAN to list them)
     served                        string the served model version (the generation pointer)
-    gen:{v}:slots                 hash   item id -> "{slot}\x1f{metadata}": where its code lives
+    gen:{v}:layout                string "{planes}:{items per block}": "2:4095" (μ and σ stored, z
+                                         derived) for generations written since; absent for the
+                                         first block layout, "3:4096" (μ, σ and z stored)
+    gen:{v}:slots                 hash   item id -> "{slot}\x1f{metadata fingerprint}": where its
+                                         code lives (the first block layout held the metadata itself)
     gen:{v}:next                  string the next free slot
     gen:{v}:live                  string bitmap: bit `slot` is set while the slot holds a live item
-    gen:{v}:block:{b}             string the codes of slots b·B .. b·B+B−1, one row each: μ, σ, z as
-                                         little-endian float32 (B = BLOCK_ITEMS), written in place
-    gen:{v}:ids:{b}               string "{item id}\x1f{metadata}\n" per slot of block b, in slot order
+    gen:{v}:block:{b}             string the codes of slots b·B .. b·B+B−1 as little-endian float32
+                                         planes (B items per block): μ, then σ (then z in the first
+                                         block layout), written in place
+    gen:{v}:ids:{b}               string "{item id}\n" per slot of block b, in slot order
+    gen:{v}:meta:{b}              string "{metadata}\n" per slot of block b, in slot order
     gen:{v}:changes               stream upserts and deletes of the served generation, each with a
                                          sequence number (replicas apply them live; capped)
     gen:{v}:seq                   string the last change's sequence number
@@ -27,9 +33,11 @@ Keys (prefix `atelier:`):
     job:{id}:pump                 string lock: one enqueueing pump per job at a time (expires)
     jobs:active                   set    job ids not finished yet (chunks to queue or to finish)
 
-Codes are stored in bulk: a replica loads a generation with one GET per block of BLOCK_ITEMS
-items, not one round trip per item, and an item costs its three packed vectors plus its id and
-metadata twice (the slot map and its block's id list). A slot is taken once per (item, metadata):
+Codes are stored in bulk: a replica loads a generation with one GET per block of items, not one
+round trip per item. An item costs its packed μ and σ, its id twice (the slot map and its block's
+id list), its metadata once and a 16-character fingerprint of it. z = μ + σ⊙ε is not stored: ε is
+the model version's, so z is derived on every read, bit for bit what the encoder computed (the
+store refuses a z that is not). A slot is taken once per (item, metadata):
 rewriting an item with the same metadata rewrites its row in place, so re-running a task after a
 crash rewrites the same bytes; an item whose metadata changed (or that was deleted and comes back)
 takes a new slot and its old one is marked dead. Generations written in the first layout (one
@@ -39,6 +47,8 @@ activity); codes belong to their generation and never expire.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import re
 import time
@@ -50,6 +60,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
+from atelier.latent import fixed_eps_code
+
 log = logging.getLogger(__name__)
 PREFIX = "atelier:"
 GENERATION_CHANNEL = PREFIX + "generation"
@@ -57,14 +69,18 @@ ACTIVE_JOBS = PREFIX + "jobs:active"
 MODELS = PREFIX + "models"
 JOB_PARTS = ("pending", "done", "failed", "chunks", "deliveries")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-BLOCK_ITEMS = 4096  # items per block: 3 MB of codes at 64 dimensions, one GET each
-ROW_VECTORS = 3  # μ, σ, z
-PLANES = ("mu", "sigma", "z")  # a block's planes, in order
+# Items per block in new generations: at 64 dimensions μ and σ take 2 × 4095 × 256 bytes, which
+# with Redis's string header still fits jemalloc's 2 MiB size class (4096 would cost 2.5 MiB).
+BLOCK_ITEMS = 4095
+STORED_PLANES = 2  # μ and σ; z is derived
+ROW_VECTORS = 3  # μ, σ, z: a change's row
+PLANES = ("mu", "sigma", "z")  # the planes a reader may ask for, in block order
 UPSERT_BATCH = 1000  # items per upsert script call (Lua's unpack limit is 8000 arguments)
 CHANGES_CAP = 200_000  # changes kept per served generation; a replica further behind reloads
 SEP = b"\x1f"  # between an id or slot and the metadata
 FIELD_SEP = "\x1e"  # between metadata fields
 _FORBIDDEN = re.compile(r"[\x00-\x1f]")
+_FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x1d\x1f]")  # _FORBIDDEN but FIELD_SEP
 METADATA_FIELDS = (
     "article_type",
     "sub_category",
@@ -76,6 +92,7 @@ METADATA_FIELDS = (
     "name",
     "image_ref",
 )
+_NO_VALUES = ("",) * len(METADATA_FIELDS)
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -140,19 +157,29 @@ if wanted > current then
 end
 return current
 """
-# The codes of a generation, in packed blocks. A block holds three planes, μ then σ then z, each
-# of BLOCK_ITEMS vectors, so a replica copies whole planes. The scripts derive their keys from
+# The codes of a generation, in packed blocks. A block holds its layout's planes (μ then σ, and z
+# in the first block layout), each of its items per block, so a replica copies whole planes. The scripts derive their keys from
 # ARGV[1], the generation's prefix: they run on a standalone Redis, never a cluster.
 _CODES_LIB = """
-local p, vecb, per = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local p, vecb, per, planes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[7])
 local slots, bits = p .. 'slots', p .. 'live'
 redis.call('SET', p .. 'vector_bytes', vecb)
 local function block_key(block) return p .. 'block:' .. block end
+-- The metadata's fingerprint in the slot map (the first block layout held the metadata itself):
+-- the first 16 hex digits of its SHA-1, as `fingerprint` computes it for the bulk path.
+local function same_metadata(held_meta, meta)
+  return held_meta == meta or held_meta == string.sub(redis.sha1hex(meta), 1, 16)
+end
+local function slot_value(slot, meta) return slot .. '\\31' .. string.sub(redis.sha1hex(meta), 1, 16) end
 -- Write the vectors of `count` consecutive slots from `first` (all in one block): part(v) gives
--- plane v's bytes.
+-- plane v's bytes. A new block is allocated whole, once: growing it plane by plane would leave
+-- Redis's greedy preallocation behind.
 local function write_planes(first, count, part)
   local key = block_key(math.floor(first / per))
-  for v = 0, 2 do
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('SETRANGE', key, planes * per * vecb - 1, '\\0')
+  end
+  for v = 0, planes - 1 do
     redis.call('SETRANGE', key, v * per * vecb + (first % per) * vecb, part(v))
   end
 end
@@ -170,7 +197,7 @@ local function set_live(first, n)
 end
 """
 # Upserts. ARGV: prefix, vector bytes, items per block, the served pointer's key, the version,
-# stream cap, then (id, metadata, μσz row) triples. An item whose metadata is unchanged is
+# stream cap, planes stored, then (id, metadata, row of the stored planes) triples. An item whose metadata is unchanged is
 # rewritten in place (a retried chunk rewrites the same bytes); a new item, or one whose metadata
 # changed, takes the next slot and its old slot is marked dead. Changes to the served generation
 # go to its stream with a sequence number. Returns the number of items that took a new slot.
@@ -179,13 +206,13 @@ _UPSERT_CODES = (
     + """
 local live = redis.call('GET', ARGV[4]) == ARGV[5]
 local fresh = {}
-for i = 7, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local id, meta, row = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local held = redis.call('HGET', slots, id)
   local slot = nil
   if held then
     local sep = string.find(held, '\\31', 1, true)
-    if string.sub(held, sep + 1) == meta then
+    if same_metadata(string.sub(held, sep + 1), meta) then
       slot = tonumber(string.sub(held, 1, sep - 1))
     else
       redis.call('SETBIT', bits, tonumber(string.sub(held, 1, sep - 1)), 0)
@@ -213,7 +240,7 @@ while j <= #fresh do
     local i = fresh[k]
     ids[#ids + 1] = ARGV[i]
     metas[#metas + 1] = ARGV[i + 1]
-    redis.call('HSET', slots, ARGV[i], (first + k - 1) .. '\\31' .. ARGV[i + 1])
+    redis.call('HSET', slots, ARGV[i], slot_value(first + k - 1, ARGV[i + 1]))
   end
   write_planes(slot, last - j + 1, function(v)
     local parts = {}
@@ -233,16 +260,20 @@ return #fresh
 )
 # The bulk path for items not held yet (a new catalogue, a migration): the same layout, with
 # each column passed as one argument. ARGV: prefix, vector bytes, items per block, n, ids
-# ("\n"-joined), metadata ("\n"-joined), then μ, σ and z (n vectors each). Returns -1, writing
-# nothing, when any of the items is held already (the caller then upserts).
+# ("\n"-joined), metadata ("\n"-joined), planes stored, the metadata fingerprints (16
+# characters each, concatenated: computed by the caller, off Redis's one thread), then each
+# stored plane (n vectors each). Returns -1, writing nothing, when any of the items is held
+# already (the caller then upserts). A batch within one block (the caller aligns them) appends
+# its lists whole; only one that straddles blocks splits its metadata.
 _APPEND_CODES = (
     _CODES_LIB
     + """
-local n = tonumber(ARGV[4])
-local ids, metas = {}, {}
+local n, fingerprints = tonumber(ARGV[4]), ARGV[8]
+local ids = {}
 for id in string.gmatch(ARGV[5], '[^\\n]+') do ids[#ids + 1] = id end
-for meta in string.gmatch(ARGV[6] .. '\\n', '([^\\n]*)\\n') do metas[#metas + 1] = meta end
-if #ids ~= n or #metas ~= n or #ARGV[7] ~= n * vecb then return redis.error_reply('bad batch') end
+if #ids ~= n or #fingerprints ~= 16 * n or #ARGV[9] ~= n * vecb then
+  return redis.error_reply('bad batch')
+end
 for _, held in ipairs(redis.call('HMGET', slots, unpack(ids))) do
   if held then return -1 end
 end
@@ -250,23 +281,31 @@ local first = redis.call('INCRBY', p .. 'next', n) - n
 local fields = {}
 for k = 1, n do
   fields[#fields + 1] = ids[k]
-  fields[#fields + 1] = (first + k - 1) .. '\\31' .. metas[k]
+  fields[#fields + 1] = (first + k - 1) .. '\\31' .. string.sub(fingerprints, 16 * k - 15, 16 * k)
   if #fields >= 4000 or k == n then
     redis.call('HSET', slots, unpack(fields))
     fields = {}
   end
+end
+local metas = nil
+if math.floor(first / per) ~= math.floor((first + n - 1) / per) then
+  metas = {}
+  for meta in string.gmatch(ARGV[6] .. '\\n', '([^\\n]*)\\n') do metas[#metas + 1] = meta end
+  if #metas ~= n then return redis.error_reply('bad batch') end
 end
 local j = 1
 while j <= n do
   local slot = first + j - 1
   local last = math.min(n, j + (per - slot % per) - 1)
   write_planes(slot, last - j + 1, function(v)
-    return string.sub(ARGV[7 + v], (j - 1) * vecb + 1, last * vecb)
+    return string.sub(ARGV[9 + v], (j - 1) * vecb + 1, last * vecb)
   end)
   set_live(slot, last - j + 1)
   local block = math.floor(slot / per)
-  redis.call('APPEND', p .. 'ids:' .. block, table.concat(ids, '\\n', j, last) .. '\\n')
-  redis.call('APPEND', p .. 'meta:' .. block, table.concat(metas, '\\n', j, last) .. '\\n')
+  local id_text = metas and table.concat(ids, '\\n', j, last) or ARGV[5]
+  local meta_text = metas and table.concat(metas, '\\n', j, last) or ARGV[6]
+  redis.call('APPEND', p .. 'ids:' .. block, id_text .. '\\n')
+  redis.call('APPEND', p .. 'meta:' .. block, meta_text .. '\\n')
   j = last + 1
 end
 return n
@@ -292,6 +331,21 @@ for i = 5, #ARGV do
   end
 end
 return deleted
+"""
+# Line ARGV[1] (from 0) of the "\n"-terminated list at KEYS[1]: one item's metadata without
+# sending its block's whole list.
+_LINE_OF = """
+local text = redis.call('GET', KEYS[1])
+if not text then return false end
+local start = 1
+for i = 1, tonumber(ARGV[1]) do
+  start = string.find(text, '\\n', start, true)
+  if not start then return false end
+  start = start + 1
+end
+local stop = string.find(text, '\\n', start, true)
+if not stop then return false end
+return string.sub(text, start, stop - 1)
 """
 _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -349,6 +403,31 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How a generation's blocks are cut: the planes stored (μ and σ; z too in the first block
+    layout) and the items per block."""
+
+    planes: int
+    block_items: int
+
+    def encode(self) -> str:
+        return f"{self.planes}:{self.block_items}"
+
+    @classmethod
+    def decode(cls, value: bytes | str) -> Layout:
+        planes, block_items = (value.decode() if isinstance(value, bytes) else value).split(":")
+        return cls(int(planes), int(block_items))
+
+    @property
+    def stores_z(self) -> bool:
+        return self.planes == ROW_VECTORS
+
+
+LAYOUT = Layout(STORED_PLANES, BLOCK_ITEMS)  # every generation written since
+FIRST_BLOCK_LAYOUT = Layout(ROW_VECTORS, 4096)  # generations written before the layout key
+
+
+@dataclass(frozen=True)
 class CodeMatrix:
     """The live codes of one generation, row-aligned with item_ids (in slot order)."""
 
@@ -373,6 +452,7 @@ class CodeStore:
         self._upsert_codes = client.register_script(_UPSERT_CODES)
         self._delete_codes = client.register_script(_DELETE_CODES)
         self._append_codes = client.register_script(_APPEND_CODES)
+        self._line_of = client.register_script(_LINE_OF)
 
     @classmethod
     def from_url(cls, url: str) -> CodeStore:
@@ -458,28 +538,60 @@ class CodeStore:
         return sum(int(n) for n in pipe.execute())
 
     def _queue_upserts(self, pipe, version: int, records: Sequence[ItemRecord]) -> None:
+        if not records:
+            return
         # One record per id, the last: two of the same id in one script would take two slots.
         records = list({record.item_id: record for record in records}.values())
+        layout = self._layout(version, create=True)
+        epsilon = None if layout.stores_z else self._epsilon(version)
         for batch in _chunks(records, UPSERT_BATCH):
+            planes = [np.stack([getattr(r, name) for r in batch]) for name in PLANES]
+            stored = _stored_planes(layout, *planes, epsilon)
             args: list[str | bytes] = []
-            for record in batch:
+            for row, record in enumerate(batch):
                 args += [
                     _checked_id(record.item_id),
                     pack_metadata(record.metadata),
-                    pack_row(record.mu, record.sigma, record.z),
+                    b"".join(plane[row].tobytes() for plane in stored),
                 ]
-            dim = len(batch[0].mu)
-            self._upsert_codes(args=[*self._code_args(version, dim), *args], client=pipe)
+            dim = planes[0].shape[1]
+            self._upsert_codes(args=[*self._code_args(version, dim, layout), *args], client=pipe)
 
-    def _code_args(self, version: int, dim: int) -> list[str]:
+    def _code_args(self, version: int, dim: int, layout: Layout) -> list[str]:
         return [
             _generation_prefix(version),
             str(4 * dim),
-            str(BLOCK_ITEMS),
+            str(layout.block_items),
             f"{PREFIX}served",
             str(version),
             str(CHANGES_CAP),
+            str(layout.planes),
         ]
+
+    def _layout(self, version: int, create: bool = False) -> Layout | None:
+        """The generation's block layout (None for one never written, unless `create`). Read
+        on every call, never cached: a removed generation's version may be written again."""
+        prefix = _generation_prefix(version)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(prefix + "layout")
+        pipe.exists(prefix + "next")
+        value, started = pipe.execute()
+        if value is not None:
+            return Layout.decode(value)
+        if started:  # written before generations named their layout
+            if create:
+                self.redis.set(prefix + "layout", FIRST_BLOCK_LAYOUT.encode(), nx=True)
+            return FIRST_BLOCK_LAYOUT
+        if not create:
+            return None
+        self.redis.set(prefix + "layout", LAYOUT.encode(), nx=True)
+        return Layout.decode(self.redis.get(prefix + "layout"))
+
+    def _epsilon(self, version: int) -> np.ndarray:
+        model = self.model(version)
+        if model is None:
+            raise KeyError(f"model version {version} is not registered (its ε derives z)")
+        return model.epsilon
 
     def delete_codes(self, version: int, item_ids: Sequence[str]) -> int:
         """Delete items from a generation (the served one's replicas drop them live). Returns the
@@ -501,21 +613,25 @@ class CodeStore:
 
     def item(self, version: int, item_id: str) -> ItemRecord | None:
         prefix = _generation_prefix(version)
+        layout = self._layout(version)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(prefix + "slots", item_id)
         pipe.get(prefix + "vector_bytes")
         held, vector_bytes = pipe.execute()
-        if held is None or vector_bytes is None:
+        if layout is None or held is None or vector_bytes is None:
             return None
-        slot_text, meta = held.split(SEP, 1)
-        slot, width = int(slot_text), int(vector_bytes)
-        block = f"{prefix}block:{slot // BLOCK_ITEMS}"
+        slot, width = int(held.split(SEP, 1)[0]), int(vector_bytes)
+        block, within = divmod(slot, layout.block_items)
         pipe = self.redis.pipeline(transaction=False)
-        for plane in range(ROW_VECTORS):
-            offset = (plane * BLOCK_ITEMS + slot % BLOCK_ITEMS) * width
-            pipe.getrange(block, offset, offset + width - 1)
-        mu, sigma, z = (np.frombuffer(raw, "<f4").astype(np.float32) for raw in pipe.execute())
-        return ItemRecord(item_id, mu, sigma, z, unpack_metadata(meta))
+        for plane in range(layout.planes):
+            offset = (plane * layout.block_items + within) * width
+            pipe.getrange(f"{prefix}block:{block}", offset, offset + width - 1)
+        self._line_of(keys=[f"{prefix}meta:{block}"], args=[within], client=pipe)
+        *planes, meta = pipe.execute()
+        row = np.frombuffer(b"".join(planes), "<f4")[None]
+        epsilon = None if layout.stores_z else self._epsilon(version)
+        mu, sigma, z = np.split(_with_z(row, layout, epsilon)[0].astype(np.float32), ROW_VECTORS)
+        return ItemRecord(item_id, mu, sigma, z, unpack_metadata(meta or b""))
 
     def items_held(self, version: int, item_ids: Sequence[str]) -> list[bool]:
         """Whether each id is an item of the generation (one round trip)."""
@@ -547,6 +663,8 @@ class CodeStore:
             entries = self.redis.xrange(key, min=f"({stream_id}", count=count)
         changes = []
         expected = sequence + 1
+        layout = self._layout(version) if entries else None
+        epsilon = None if layout is None or layout.stores_z else self._epsilon(version)
         for entry_id, fields in entries:
             seq = int(fields[b"seq"])
             if seq < expected:
@@ -560,7 +678,7 @@ class CodeStore:
                     fields[b"op"].decode(),
                     fields[b"id"].decode(),
                     unpack_metadata(fields[b"meta"]) if b"meta" in fields else {},
-                    fields.get(b"row", b""),
+                    _full_row(fields.get(b"row", b""), layout, epsilon),
                 )
             )
             stream_id = entry_id.decode()
@@ -584,6 +702,7 @@ class CodeStore:
         as empty (0, d) arrays."""
         self.migrate_generation(version)  # no-op unless written in the first layout
         prefix = _generation_prefix(version)
+        layout = self._layout(version) or LAYOUT
         pipe = self.redis.pipeline(transaction=True)
         for name in ("next", "live", "seq", "vector_bytes"):
             pipe.get(prefix + name)
@@ -599,24 +718,29 @@ class CodeStore:
         metas: list[bytes] = []
         # Filled plane by plane: one copy of the codes, never a list of blocks concatenated.
         wanted = [PLANES.index(name) for name in vectors]
+        derive_z = PLANES.index("z") in wanted and not layout.stores_z
+        epsilon = self._epsilon(version) if derive_z and slots else None
+        # The stored planes to read: those wanted, and μ and σ where z is derived from them.
+        read = sorted({p for p in wanted if p < layout.planes} | ({0, 1} if derive_z else set()))
         planes = {plane: np.empty((slots, dim), np.float32) for plane in wanted}
-        width = BLOCK_ITEMS * dim * 4
+        per = layout.block_items
+        width = per * dim * 4
         filled = 0
-        blocks = -(-slots // BLOCK_ITEMS)
+        blocks = -(-slots // per)
         for first in range(0, blocks, blocks_per_call):
             pipe = self.redis.pipeline(transaction=False)
             span = range(first, min(blocks, first + blocks_per_call))
             for block in span:
-                for plane in wanted:
+                for plane in read:
                     pipe.getrange(prefix + f"block:{block}", plane * width, (plane + 1) * width - 1)
                 pipe.get(prefix + f"ids:{block}")
                 pipe.get(prefix + f"meta:{block}")
             replies = pipe.execute()
-            step = len(wanted) + 2
+            step = len(read) + 2
             for offset, block in enumerate(span):
                 *data, id_text, meta_text = replies[step * offset : step * (offset + 1)]
-                base = block * BLOCK_ITEMS
-                count = min(BLOCK_ITEMS, slots - base)
+                base = block * per
+                count = min(per, slots - base)
                 block_ids = (id_text or b"").decode().split("\n")[:count]
                 block_metas = (meta_text or b"").split(b"\n")[:count]
                 chosen = live[base : base + count].copy()
@@ -624,9 +748,16 @@ class CodeStore:
                     chosen &= np.fromiter(map(keep, block_ids), bool, count)
                 picked = None if chosen.all() else np.flatnonzero(chosen)
                 taken = count if picked is None else len(picked)
-                for raw, out in zip(data, planes.values(), strict=True):
-                    stored = np.frombuffer(raw or b"", "<f4")[: count * dim].reshape(count, dim)
-                    out[filled : filled + taken] = stored if picked is None else stored[picked]
+                stored = {
+                    plane: np.frombuffer(raw or b"", "<f4")[: count * dim].reshape(count, dim)
+                    for plane, raw in zip(read, data, strict=True)
+                }
+                if derive_z:
+                    stored[2] = fixed_eps_code(stored[0], stored[1], epsilon)
+                for plane, out in planes.items():
+                    out[filled : filled + taken] = (
+                        stored[plane] if picked is None else stored[plane][picked]
+                    )
                 if picked is None:
                     ids += block_ids
                     metas += block_metas
@@ -662,12 +793,21 @@ class CodeStore:
         sigma: np.ndarray,
         z: np.ndarray,
         metadata: Sequence[dict[str, str]] | None = None,
-        batch: int = BLOCK_ITEMS,
+        batch: int | None = None,
     ) -> None:
         """Bulk-write codes (a new catalogue, a migration, a benchmark): one round trip per
-        batch. Items held already are upserted instead, so a re-run after a crash is safe."""
+        batch, a block's worth by default. Items held already are upserted instead, so a re-run
+        after a crash is safe."""
         dim = mu.shape[1]
         empty = pack_metadata({})
+        layout = self._layout(version, create=True)
+        epsilon = None if layout.stores_z else self._epsilon(version)
+        batch = batch or layout.block_items
+        # Batches aligned to blocks append each block's lists in one piece (Redis's greedy
+        # growth of a string appended to piecemeal wastes up to half of it).
+        held = int(self.redis.get(_generation_prefix(version) + "next") or 0)
+        bounds = [0, *range(-held % layout.block_items or batch, len(item_ids), batch)]
+        bounds = sorted({*(b for b in bounds if b < len(item_ids)), len(item_ids)})
 
         def send(start: int, end: int, ids: list[str], args: list) -> None:
             if int(self._append_codes(args=args)) < 0:
@@ -686,20 +826,28 @@ class CodeStore:
         # Packing the next batch overlaps Redis writing this one (two CPUs instead of one).
         with ThreadPoolExecutor(1, thread_name_prefix="code-writer") as sender:
             pending = None
-            for start in range(0, len(item_ids), batch):
-                end = min(len(item_ids), start + batch)
+            for start, end in itertools.pairwise(bounds):
                 ids = _checked_ids(item_ids[start:end])
                 if len(set(ids)) != len(ids):
                     raise ValueError("a bulk write names an item id twice")
-                metas = [pack_metadata(m) for m in metadata[start:end]] if metadata else None
+                metas = (
+                    [pack_metadata(m) for m in metadata[start:end]]
+                    if metadata
+                    else [empty] * len(ids)
+                )
+                planes = _stored_planes(
+                    layout, mu[start:end], sigma[start:end], z[start:end], epsilon
+                )
                 args = [
                     _generation_prefix(version),
                     str(4 * dim),
-                    str(BLOCK_ITEMS),
+                    str(layout.block_items),
                     str(len(ids)),
                     "\n".join(ids),
-                    "\n".join(metas) if metas else "\n".join([empty] * len(ids)),
-                    *(np.ascontiguousarray(v[start:end], "<f4").tobytes() for v in (mu, sigma, z)),
+                    "\n".join(metas),
+                    str(layout.planes),
+                    "".join(map(fingerprint, metas)),
+                    *(plane.tobytes() for plane in planes),
                 ]
                 if pending is not None:
                     pending.result()
@@ -1029,18 +1177,66 @@ def _checked_ids(item_ids: Sequence[str]) -> list[str]:
     return ids
 
 
+def fingerprint(packed_metadata: str) -> str:
+    """What the slot map keeps of an item's metadata: 16 hex digits of its SHA-1 (the Lua
+    library's `slot_value` computes the same)."""
+    return hashlib.sha1(packed_metadata.encode()).hexdigest()[:16]
+
+
 def pack_metadata(metadata: dict[str, str]) -> str:
     """The metadata fields in METADATA_FIELDS order; control characters (the separators) become
     spaces, so a stored line always splits back into the same fields."""
+    try:  # the common case, at C speed (a bulk write packs millions)
+        packed = FIELD_SEP.join(map(metadata.get, METADATA_FIELDS, _NO_VALUES))
+        if packed.count(FIELD_SEP) == len(METADATA_FIELDS) - 1 and not _FORBIDDEN_IN_FIELD.search(
+            packed
+        ):
+            return packed
+    except TypeError:  # a value that is None
+        pass
     values = [metadata.get(k) or "" for k in METADATA_FIELDS]
-    if "".join(values).isprintable():  # the common case, at C speed
-        return FIELD_SEP.join(values)
     return FIELD_SEP.join(_FORBIDDEN.sub(" ", v) for v in values)
 
 
 def unpack_metadata(packed: bytes | str) -> dict[str, str]:
     text = packed.decode() if isinstance(packed, bytes) else packed
     return dict(zip(METADATA_FIELDS, text.split(FIELD_SEP), strict=False))
+
+
+def _stored_planes(
+    layout: Layout,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    z: np.ndarray,
+    epsilon: np.ndarray | None,
+) -> list[np.ndarray]:
+    """The planes the layout stores, as contiguous little-endian float32. Where z is derived,
+    the z given must be μ + σ⊙ε (what the encoder computes): a z from anywhere else would be
+    silently replaced on the next read, so it is refused."""
+    planes = [np.ascontiguousarray(np.atleast_2d(v), "<f4") for v in (mu, sigma, z)]
+    if layout.stores_z:
+        return planes
+    derived = fixed_eps_code(planes[0], planes[1], epsilon)
+    if not np.array_equal(derived, planes[2]) and not np.allclose(
+        derived, planes[2], rtol=1e-5, atol=1e-5
+    ):
+        raise ValueError("z must be μ + σ⊙ε with the model version's ε")
+    return planes[:STORED_PLANES]
+
+
+def _with_z(stored: np.ndarray, layout: Layout, epsilon: np.ndarray | None) -> np.ndarray:
+    """Rows of the stored planes (n, planes·d) as (n, 3·d) μ, σ, z."""
+    if layout.stores_z:
+        return stored
+    mu, sigma = np.split(stored, 2, axis=1)
+    return np.hstack([mu, sigma, fixed_eps_code(mu, sigma, epsilon)])
+
+
+def _full_row(stored: bytes, layout: Layout | None, epsilon: np.ndarray | None) -> bytes:
+    """A change's row of stored planes as μ, σ and z (pack_row's layout)."""
+    if not stored or layout is None or layout.stores_z:
+        return stored
+    return _with_z(np.frombuffer(stored, "<f4")[None], layout, epsilon).astype("<f4").tobytes()
 
 
 def pack_row(mu: np.ndarray, sigma: np.ndarray, z: np.ndarray) -> bytes:
@@ -1074,7 +1270,9 @@ class Metadata(Sequence):
         its fields in row-major order."""
         width = len(METADATA_FIELDS)
         positions = [METADATA_FIELDS.index(name) for name in names]
-        values: list[list[str]] = [[] for _ in names]
+        # Arrays per chunk, joined at the end: a Python string per row and column would hold
+        # gigabytes at ten million items.
+        parts: list[list[np.ndarray]] = [[] for _ in names]
         separator = FIELD_SEP.encode()
         for start in range(0, len(self._packed), 100_000):
             chunk = self._packed[start : start + 100_000]
@@ -1082,10 +1280,12 @@ class Metadata(Sequence):
             if len(fields) != width * len(chunk):  # a row of another shape: the slow way
                 rows = [unpack_metadata(packed) for packed in chunk]
                 fields = [row.get(name, "") for row in rows for name in METADATA_FIELDS]
-            for out, position in zip(values, positions, strict=True):
-                out += fields[position::width]
+            for out, position in zip(parts, positions, strict=True):
+                out.append(np.array(fields[position::width], dtype=str))
+            del fields
         return {
-            name: np.array(column, dtype=str) for name, column in zip(names, values, strict=True)
+            name: np.concatenate(column) if column else np.array([], dtype=str)
+            for name, column in zip(names, parts, strict=True)
         }
 
     def appended(self, packed: list[bytes]) -> Metadata:

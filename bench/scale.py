@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atelier.latent import fixed_eps_code
 from atelier.modelinfo import read_metadata
 from atelier.processes import free_port, start_redis
 from atelier.store import CodeStore, ItemRecord, ModelRecord
@@ -538,11 +539,14 @@ def visibility_part(
                 predicted = reply.query_category
                 item_id = f"visible-{index:05d}"
                 sigma = np.exp(rng.normal(-1.6, 0.3, vector.shape)).astype(np.float32)
+                mu = (vector - sigma * epsilon).astype(np.float32)
+                # z = μ + σ⊙ε as the store derives it: the query vector to within rounding.
+                vector = fixed_eps_code(mu, sigma, epsilon)
                 record = ItemRecord(
                     item_id,
-                    (vector - sigma * epsilon).astype(np.float32),
+                    mu,
                     sigma,
-                    vector.astype(np.float32),
+                    vector,
                     {
                         "sub_category": predicted.sub_category,
                         "master_category": predicted.master_category,

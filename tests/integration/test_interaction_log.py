@@ -11,7 +11,7 @@ from atelier import personal_jobs
 from atelier.confinement import CatalogueRoots
 from atelier.interactions import Event, InteractionLog, csv_event_id
 from atelier.personal_store import PreferenceModel, PreferenceStore, pjob_key
-from atelier.store import ItemRecord
+from atelier.store import ItemRecord, ModelRecord
 
 pytestmark = pytest.mark.integration
 ITEMS = [str(i) for i in range(100, 120)]
@@ -24,6 +24,7 @@ def served(store):
         ItemRecord(i, np.zeros(4, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32))
         for i in ITEMS
     ]
+    store.register_model(ModelRecord(1, 4, 80, 64, "m1", np.zeros(4, np.float32)))
     store.upsert_codes(1, records)
     return 1
 

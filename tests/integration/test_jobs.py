@@ -22,9 +22,9 @@ from PIL import Image
 
 from atelier import jobs
 from atelier.confinement import CatalogueRoots
-from atelier.modelinfo import ModelConfig, model_versions
+from atelier.modelinfo import ModelConfig, model_versions, read_metadata
 from atelier.modelstore import LoadedEncoder, export_model
-from atelier.store import ACTIVE_JOBS, CodeStore, ItemRecord
+from atelier.store import ACTIVE_JOBS, CodeStore, ItemRecord, ModelRecord
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 from atelier.vae import Autoencoder
 from services.common.launcher import local_suite
@@ -37,6 +37,15 @@ SIZE = (80, 64)
 @pytest.fixture(scope="module")
 def encoder(models_dir) -> LoadedEncoder:
     return LoadedEncoder(models_dir)
+
+
+@pytest.fixture()
+def store(store: CodeStore, encoder: LoadedEncoder) -> CodeStore:
+    """The store with model version 1 registered, as the encoder service leaves it: codes are
+    written under a registered version (its ε derives z)."""
+    model = encoder.metadata
+    store.register_model(ModelRecord(1, model.latent_dim, *SIZE, model.data_hash, model.epsilon))
+    return store
 
 
 def _encode_fn(encoder: LoadedEncoder):
@@ -256,8 +265,13 @@ def stub(suite):
 
 
 @pytest.fixture(scope="module")
-def suite_store(suite) -> CodeStore:
-    return CodeStore.from_url(suite.env["REDIS_URL"])
+def suite_store(suite, nan_models) -> CodeStore:
+    """The suite's store, model version 1 registered (as SubmitCatalogue leaves it) for the jobs
+    these tests create directly."""
+    store = CodeStore.from_url(suite.env["REDIS_URL"])
+    latent_dim = read_metadata(nan_models, 1).latent_dim
+    jobs.ensure_model_registered(store, 1, SIZE, latent_dim, nan_models, encode=None)
+    return store
 
 
 def _wait(stub, job_id: str, timeout: float = 300.0) -> common_pb2.Job:

@@ -16,10 +16,14 @@ from atelier.store import (
     CodeStore,
     ItemRecord,
     ModelRecord,
+    pack_metadata,
     unpack_row,
 )
 
 pytestmark = pytest.mark.integration
+
+
+EPSILON = np.ones(16, np.float32)  # so that z = μ + σ
 
 
 def _record(item_id: str, seed: int) -> ItemRecord:
@@ -30,13 +34,27 @@ def _record(item_id: str, seed: int) -> ItemRecord:
     )
 
 
+def _register(store: CodeStore, *versions: int) -> None:
+    for version in versions:
+        store.register_model(ModelRecord(version, 16, 80, 64, f"m{version}", EPSILON))
+
+
 def test_codes_are_packed_float32_blocks_and_round_trip(store: CodeStore):
     record = _record("42", 0)
+    with pytest.raises(KeyError, match="not registered"):
+        store.upsert_codes(7, [record])  # z is derived with the model version's ε
+    _register(store, 7)
     store.upsert_codes(7, [record])
     block = store.redis.get("atelier:gen:7:block:0")
-    # Three planes (μ, σ, z) of BLOCK_ITEMS packed float32 vectors: μ of slot 0 comes first.
+    # Two planes (μ, σ) of BLOCK_ITEMS packed float32 vectors, allocated whole: μ of slot 0
+    # comes first, and z = μ + σ⊙ε is not stored.
+    assert len(block) == 2 * BLOCK_ITEMS * 16 * 4
     assert np.array_equal(np.frombuffer(block[: 16 * 4], "<f4"), record.mu)
-    assert store.redis.hget("atelier:gen:7:slots", "42").split(b"\x1f")[0] == b"0"
+    offset = BLOCK_ITEMS * 16 * 4
+    assert np.array_equal(np.frombuffer(block[offset : offset + 16 * 4], "<f4"), record.sigma)
+    # The slot map holds the slot and a fingerprint of the metadata, not the metadata again.
+    slot, fingerprint = store.redis.hget("atelier:gen:7:slots", "42").split(b"\x1f")
+    assert slot == b"0" and len(fingerprint) == 16
     loaded = store.item(7, "42")
     assert np.array_equal(loaded.mu, record.mu) and np.array_equal(loaded.sigma, record.sigma)
     assert np.array_equal(loaded.z, record.z)
@@ -56,7 +74,7 @@ def test_first_layout_generations_migrate_to_blocks(store: CodeStore):
                      "z": record.z.tobytes(), "category": "Eyewear", "article_type": "Sunglasses"},
         )  # fmt: skip
         store.redis.sadd("atelier:gen:3:items", record.item_id)
-    store.register_model(ModelRecord(3, 16, 80, 64, "c", np.zeros(16, np.float32)))
+    _register(store, 3)
     assert store.migrate() == {3: 5}
     assert store.migrate() == {}  # nothing left in the first layout
     assert not list(store.redis.scan_iter(match="atelier:gen:3:item:*"))
@@ -70,6 +88,7 @@ def test_first_layout_generations_migrate_to_blocks(store: CodeStore):
 
 
 def test_upserts_are_idempotent(store: CodeStore):
+    _register(store, 1)
     records = [_record(str(i), i) for i in range(50)]
     for _ in range(3):
         store.upsert_codes(1, records)
@@ -87,6 +106,7 @@ def test_bulk_writes_and_loads_blocks_across_boundaries(store: CodeStore):
     sigma = rng.uniform(0.1, 1, (count, 16)).astype(np.float32)
     ids = [f"i{n}" for n in range(count)]
     metadata = [{"sub_category": f"s{n % 3}", "gender": "Men"} for n in range(count)]
+    _register(store, 4)
     store.write_generation(4, ids[:100], mu[:100], sigma[:100], mu[:100] + sigma[:100], metadata)
     # A re-run after a crash writes what is held again through the upsert: nothing is doubled.
     store.write_generation(4, ids, mu, sigma, mu + sigma, metadata, batch=1000)
@@ -103,6 +123,7 @@ def test_bulk_writes_and_loads_blocks_across_boundaries(store: CodeStore):
 
 
 def test_changed_metadata_takes_a_new_slot_and_deletes_stay_deleted(store: CodeStore):
+    _register(store, 5)
     records = [_record(str(i), i) for i in range(10)]
     store.upsert_codes(5, records)
     moved = ItemRecord(
@@ -120,7 +141,7 @@ def test_changed_metadata_takes_a_new_slot_and_deletes_stay_deleted(store: CodeS
 
 
 def test_changes_to_the_served_generation_are_streamed_in_order(store: CodeStore):
-    store.register_model(ModelRecord(6, 16, 80, 64, "f", np.zeros(16, np.float32)))
+    _register(store, 6)
     store.upsert_codes(6, [_record("a", 1)])  # not served yet: nobody to tell
     assert store.change_position(6) == 0
     store.serve(6)
@@ -129,7 +150,8 @@ def test_changes_to_the_served_generation_are_streamed_in_order(store: CodeStore
     store.delete_codes(6, ["a"])
     batch = store.changes_after(6, *loaded.position)
     assert [(c.sequence, c.op, c.item_id) for c in batch.changes] == [(1, "u", "b"), (2, "d", "a")]
-    assert np.array_equal(unpack_row(batch.changes[0].row)[0], _record("b", 2).mu)
+    mu, _, z = unpack_row(batch.changes[0].row)  # z derived, as everywhere
+    assert np.array_equal(mu, _record("b", 2).mu) and np.array_equal(z, _record("b", 2).z)
     assert not batch.gap and batch.sequence == 2
     assert store.changes_after(6, batch.sequence, batch.stream_id).changes == []
     # A reader whose next change was trimmed away is told to reload, never skips silently.
@@ -146,7 +168,10 @@ def test_serving_switch_is_atomic_and_announced(store: CodeStore):
     with pytest.raises(ValueError, match="no codes"):
         store.serve(1)
     store.upsert_codes(1, [_record("x", 1)])
-    store.upsert_codes(2, [_record("x", 2)])
+    with pytest.raises(ValueError, match=r"μ \+ σ⊙ε"):  # a z that is not this version's
+        store.upsert_codes(2, [_record("x", 2)])
+    x = _record("x", 2)
+    store.upsert_codes(2, [ItemRecord("x", x.mu, x.sigma, x.mu + 2 * x.sigma)])
     pubsub = store.redis.pubsub()
     pubsub.subscribe(GENERATION_CHANNEL)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
@@ -160,8 +185,7 @@ def test_serving_switch_is_atomic_and_announced(store: CodeStore):
 
 
 def test_old_generation_stays_until_removed(store: CodeStore):
-    store.register_model(ModelRecord(1, 16, 80, 64, "a", np.zeros(16, np.float32)))
-    store.register_model(ModelRecord(2, 16, 80, 64, "b", np.zeros(16, np.float32)))
+    _register(store, 1, 2)
     store.upsert_codes(1, [_record("a", 1)])
     store.upsert_codes(2, [_record("a", 2)])
     store.serve(2)
@@ -169,9 +193,9 @@ def test_old_generation_stays_until_removed(store: CodeStore):
     store.serve(1)
     with pytest.raises(ValueError, match="being served"):
         store.remove_generation(1)
-    # The model record; the slot map, the live bitmap, the slot counter, the vector width, the
-    # block and its ids and metadata.
-    assert store.remove_generation(2) == 8
+    # The model record; the layout, the slot map, the live bitmap, the slot counter, the vector
+    # width, the block and its ids and metadata.
+    assert store.remove_generation(2) == 9
     assert store.model_versions() == [1]
     assert store.item(2, "a") is None and store.item(1, "a") is not None
 
@@ -191,6 +215,7 @@ def test_encode_chunk_records_bad_images_and_is_idempotent(
     store: CodeStore, models_dir, tiny_images, tmp_path
 ):
     encoder = LoadedEncoder(models_dir)
+    store.register_model(ModelRecord(1, 64, 80, 64, "tiny", encoder.metadata.epsilon))
     good = sorted(tiny_images.iterdir())[:3]
     (tmp_path / "empty.jpg").write_bytes(b"")
     entries = [{"item_id": p.stem, "image_ref": str(p), "sub_category": "X"} for p in good]
@@ -237,6 +262,7 @@ def test_submit_rejects_duplicate_or_missing_ids(store: CodeStore):
 
 
 def test_separators_in_metadata_and_repeated_ids_never_misalign_a_generation(store: CodeStore):
+    _register(store, 9, 10)
     record = _record("sep", 0)
     odd = ItemRecord(
         "sep", record.mu, record.sigma, record.z, {"name": "a\x1eb\nc", "gender": "Men"}
@@ -249,3 +275,22 @@ def test_separators_in_metadata_and_repeated_ids_never_misalign_a_generation(sto
     assert store.load_codes(9).item_ids == ["sep", "dup"]
     with pytest.raises(ValueError, match="twice"):
         store.write_generation(10, ["x", "x"], *(np.zeros((2, 16), np.float32),) * 3)
+
+
+def test_generations_in_the_first_block_layout_are_read_and_written_in_it(store: CodeStore):
+    """Blocks written before the layout key (μ, σ and z stored, 4096 items per block, the
+    metadata itself in the slot map) stay readable and writable in place."""
+    _register(store, 12)
+    store.redis.set("atelier:gen:12:layout", "3:4096")
+    records = [_record(str(i), i) for i in range(5)]
+    store.upsert_codes(12, records)
+    store.redis.delete("atelier:gen:12:layout")  # as such a generation was written
+    store.redis.hset("atelier:gen:12:slots", "2", "2\x1f" + pack_metadata(records[2].metadata))
+    assert len(store.redis.get("atelier:gen:12:block:0")) == 3 * 4096 * 16 * 4
+    again = ItemRecord("2", records[2].mu * 2, records[2].sigma, records[2].mu * 2 + records[2].sigma,
+                       records[2].metadata)  # fmt: skip
+    assert store.upsert_codes(12, [again]) == 0  # same metadata: rewritten in its slot
+    loaded = store.load_codes(12)
+    assert loaded.item_ids == ["0", "1", "2", "3", "4"]
+    assert np.array_equal(loaded.z[2], again.z) and np.array_equal(store.item(12, "2").mu, again.mu)
+    assert store.redis.get("atelier:gen:12:layout") == b"3:4096"

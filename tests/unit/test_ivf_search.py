@@ -222,3 +222,33 @@ def test_real_codes(real, method):
         assert np.allclose(got[1], want[1], rtol=0, atol=1e-12)
     rows = np.arange(len(codes))
     assert recall_at_k(index, method, vectors, k=10, own_rows=rows) >= 0.99
+
+
+def test_a_later_build_reuses_the_trained_sublists(mixture):
+    """A replica that finds the generation's sublist centroids (kept in Redis) only assigns its
+    items: the same lists and the same answers as the build that trained them."""
+    trained = mixture.index.trained_lists()
+    assert set(trained) == {"z", "mu", "unit"}
+    again = SearchIndex(
+        mixture.codes, mixture.partitions, mixture.attributes, options=IVF, trained=trained
+    )
+    for method in METHODS:
+        first, second = mixture.index.sublists(method), again.sublists(method)
+        assert np.array_equal(first.centroids, second.centroids)
+        assert np.array_equal(first.sizes, second.sizes)
+        query = _queries(mixture.queries, method)[0]
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                mixture.index.search(method, query, 10),
+                again.search(method, query, 10),
+                strict=True,
+            )
+        )
+    # Lists cut for other partition sizes are not reused: the index trains its own.
+    other = {
+        space: (per_partition + 1, centroids)
+        for space, (per_partition, centroids) in trained.items()
+    }
+    rebuilt = SearchIndex(mixture.codes, mixture.partitions, options=IVF, trained=other)
+    assert np.array_equal(np.diff(rebuilt.sublists("fixed_eps").starts), trained["z"][0])
