@@ -66,6 +66,29 @@ def from_centres(
     return Partition(partition.centres, partition.assign(vectors), names)
 
 
+def label_names(labels: np.ndarray, chunk: int = 1_000_000) -> tuple[str, ...]:
+    """The distinct labels, sorted: a set per chunk (np.unique sorts every string, which takes
+    tens of seconds at ten million items; a catalogue has a few hundred labels at most)."""
+    found: set[str] = set()
+    for start in range(0, len(labels), chunk):
+        found.update(labels[start : start + chunk].tolist())
+    return tuple(sorted(found))
+
+
+def label_codes(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Each label's position in `names` (a binary search, at C speed); ValueError names a label
+    that is not among them."""
+    labels = np.asarray(labels).astype(str, copy=False)
+    named = np.array(names, dtype=str)
+    by_name = np.argsort(named, kind="stable")
+    found = np.minimum(np.searchsorted(named[by_name], labels), max(0, len(names) - 1))
+    unknown = (named[by_name][found] != labels) if len(names) else np.ones(len(labels), bool)
+    if unknown.any():
+        label = labels[np.flatnonzero(unknown)[0]]
+        raise ValueError(f"label {str(label)!r} is not one of the partitions")
+    return by_name[found].astype(np.int64)
+
+
 def by_labels(
     vectors: np.ndarray, labels: Sequence[str], names: Sequence[str] | None = None
 ) -> Partition:
@@ -75,17 +98,8 @@ def by_labels(
     they are the labels present, sorted.
     """
     labels = np.asarray(labels).astype(str, copy=False)
-    names = tuple(names) if names is not None else tuple(sorted(set(labels.tolist())))
-    # Binary search over the names, at C speed (a dict lookup per label takes seconds at
-    # ten million items).
-    named = np.array(names, dtype=str)
-    by_name = np.argsort(named, kind="stable")
-    found = np.minimum(np.searchsorted(named[by_name], labels), max(0, len(names) - 1))
-    unknown = (named[by_name][found] != labels) if len(names) else np.ones(len(labels), bool)
-    if unknown.any():
-        label = labels[np.flatnonzero(unknown)[0]]
-        raise ValueError(f"label {str(label)!r} is not one of the partitions")
-    index = by_name[found].astype(np.int64)
+    names = tuple(names) if names is not None else label_names(labels)
+    index = label_codes(labels, names)
     vectors = np.asarray(vectors)
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
     sums = np.zeros((len(names), dim))

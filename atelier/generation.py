@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from atelier.categories import MAX_FIT_ITEMS, CategoryPredictor
-from atelier.clustering import Partition, by_labels, fit_kmeans, from_centres
+from atelier.clustering import (
+    Partition,
+    by_labels,
+    fit_kmeans,
+    from_centres,
+    label_codes,
+    label_names,
+)
 from atelier.latent import RANKING_METHODS
 from atelier.search import (
     LIST_SPACES,
@@ -129,10 +136,13 @@ class Generation:
 
     def category_counts(self) -> list[tuple[str, str, int]]:
         """(subCategory, masterCategory, items) for every subCategory, largest first."""
-        subs, counts = np.unique(self.attributes[SUB], return_counts=True)
+        counts = np.bincount(
+            label_codes(self.attributes[SUB], self.sub_names), minlength=len(self.sub_names)
+        )
         pairs = [
-            (str(s), self.master_of.get(str(s), UNKNOWN), int(n))
-            for s, n in zip(subs, counts, strict=True)
+            (s, self.master_of.get(s, UNKNOWN), int(n))
+            for s, n in zip(self.sub_names, counts, strict=True)
+            if n
         ]
         return sorted(pairs, key=lambda p: (-p[2], p[0]))
 
@@ -247,8 +257,10 @@ def categorise(
     # Each subCategory's masterCategory: the most votes, ties to the first named (vectorised:
     # a Python loop over ten million items takes seconds).
     masters = np.asarray(masters).astype(str, copy=False)
-    sub_names, sub_of_row = np.unique(subs, return_inverse=True)
-    master_names, master_of_row = np.unique(masters, return_inverse=True)
+    sub_names = np.array(label_names(subs), dtype=str)
+    sub_of_row = label_codes(subs, sub_names)
+    master_names = np.array(label_names(masters), dtype=str)
+    master_of_row = label_codes(masters, master_names)
     voting = labelled & (masters != "")
     keys = sub_of_row[voting].astype(np.int64) * len(master_names) + master_of_row[voting]
     unique_keys, first, counts = np.unique(keys, return_index=True, return_counts=True)
@@ -276,8 +288,7 @@ def index_partitions(
     subCategories, and the k-means partitioning over its own index when centres are given.
     `index_options` says how each index is laid out (flat, or IVF sublists per partition)."""
     subs, masters = attributes[SUB], attributes[MASTER]
-    sub_names = tuple(sorted(set(subs.tolist())))
-    master_names = tuple(sorted(set(masters.tolist())))
+    sub_names, master_names = label_names(subs), label_names(masters)
     by_sub = {s: by_labels(codes.space(s), subs, sub_names) for s in SPACES}
     by_master = {s: by_labels(codes.space(s), masters, master_names) for s in SPACES}
     return partitionings_over(
@@ -437,8 +448,8 @@ def assemble(
         confidence=categories.confidence,
         predictor=predictor,
         master_of=categories.master_of,
-        sub_names=tuple(sorted(set(categories.subs.tolist()))),
-        master_names=tuple(sorted(set(categories.masters.tolist()))),
+        sub_names=label_names(categories.subs),
+        master_names=label_names(categories.masters),
         partitionings=partitionings,
         lower=lower,
         upper=upper,

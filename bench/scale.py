@@ -683,7 +683,7 @@ def run_size(
                         load_and_index_seconds=replica.indexed_seconds(),
                         rss_bytes=rss,
                         rss_bytes_per_item=round(rss / items, 1),
-                        note="derived state (category predictor) already in Redis",
+                        note="derived state (category predictor, IVF sublist centroids) already in Redis",
                     )
                     entry["cold_start_seconds"] = figures["seconds"]
                     entry["replica_rss_bytes_per_item"] = figures["rss_bytes_per_item"]
