@@ -90,16 +90,23 @@ def label_codes(labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
 
 
 def by_labels(
-    vectors: np.ndarray, labels: Sequence[str], names: Sequence[str] | None = None
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    names: Sequence[str] | None = None,
+    codes: np.ndarray | None = None,
 ) -> Partition:
     """Catalogue categories as partitions; each centre is its category's mean code.
 
     `names` fixes the partitions and their order (every label must be among them); by default
-    they are the labels present, sorted.
+    they are the labels present, sorted. `codes`: each label's position in `names`, when the
+    caller has them already (finding them again takes seconds at ten million items).
     """
-    labels = np.asarray(labels).astype(str, copy=False)
-    names = tuple(names) if names is not None else label_names(labels)
-    index = label_codes(labels, names)
+    if codes is None:
+        labels = np.asarray(labels).astype(str, copy=False)
+        names = tuple(names) if names is not None else label_names(labels)
+        index = label_codes(labels, names)
+    else:
+        names, index = tuple(names or ()), np.asarray(codes, np.int64)
     vectors = np.asarray(vectors)
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
     sums = np.zeros((len(names), dim))

@@ -230,6 +230,17 @@ class Categories:
     from_label: np.ndarray
     confidence: np.ndarray
     master_of: dict[str, str]
+    # The distinct subCategories and masterCategories, sorted, and each item's position in them.
+    sub_names: tuple[str, ...] = ()
+    sub_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    master_names: tuple[str, ...] = ()
+    master_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def labels(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        return {
+            SUB: (self.sub_names, self.sub_codes),
+            MASTER: (self.master_names, self.master_codes),
+        }
 
 
 def categorise(
@@ -270,9 +281,21 @@ def categorise(
         if sub not in best or (-count, seen) < best[sub][:2]:
             best[sub] = (-count, seen, str(master_names[key % len(master_names)]))
     master_of = {sub: master for sub, (_, _, master) in best.items()}
-    masters = np.array([master_of.get(s, UNKNOWN) for s in sub_names.tolist()], dtype=str)
-    masters = masters[sub_of_row]
-    return Categories(subs, masters, labelled, confidence, master_of)
+    master_of_sub = [master_of.get(s, UNKNOWN) for s in sub_names.tolist()]
+    final_masters = tuple(sorted(set(master_of_sub)))
+    master_codes = np.array([final_masters.index(m) for m in master_of_sub], np.int64)[sub_of_row]
+    masters = np.array(final_masters, dtype=str)[master_codes]
+    return Categories(
+        subs,
+        masters,
+        labelled,
+        confidence,
+        master_of,
+        tuple(sub_names.tolist()),
+        sub_of_row,
+        final_masters,
+        master_codes,
+    )
 
 
 def index_partitions(
@@ -283,14 +306,22 @@ def index_partitions(
     index_options: IndexOptions | None = None,
     methods: Sequence[str] = RANKING_METHODS,
     trained: dict[str, TrainedLists] | None = None,
+    labels: dict[str, tuple[tuple[str, ...], np.ndarray]] | None = None,
 ) -> dict[str, Partitioning]:
     """The subCategory and masterCategory partitionings over one index whose partitions are the
     subCategories, and the k-means partitioning over its own index when centres are given.
-    `index_options` says how each index is laid out (flat, or IVF sublists per partition)."""
-    subs, masters = attributes[SUB], attributes[MASTER]
-    sub_names, master_names = label_names(subs), label_names(masters)
-    by_sub = {s: by_labels(codes.space(s), subs, sub_names) for s in SPACES}
-    by_master = {s: by_labels(codes.space(s), masters, master_names) for s in SPACES}
+    `index_options` says how each index is laid out (flat, or IVF sublists per partition).
+    `labels`: per attribute, its names and each item's position in them (`Categories.labels`),
+    when known."""
+    labels = dict(labels or {})
+    for attribute in (SUB, MASTER):
+        if attribute not in labels:
+            names = label_names(attributes[attribute])
+            labels[attribute] = (names, label_codes(attributes[attribute], names))
+    by_sub, by_master = (
+        {s: by_labels(codes.space(s), (), *labels[attribute]) for s in SPACES}
+        for attribute in (SUB, MASTER)
+    )
     return partitionings_over(
         codes, attributes, master_of, by_sub, by_master, kmeans, index_options, methods, trained
     )
@@ -428,7 +459,14 @@ def assemble(
     )
     partitionings = (
         index_partitions(
-            codes, attributes, categories.master_of, kmeans, index_options, methods, trained
+            codes,
+            attributes,
+            categories.master_of,
+            kmeans,
+            index_options,
+            methods,
+            trained,
+            categories.labels(),
         )
         if searchable
         else {}
@@ -442,14 +480,14 @@ def assemble(
         version=version,
         codes=codes,
         metadata=matrix.metadata,
-        row_of={item_id: row for row, item_id in enumerate(codes.item_ids)},
+        row_of=dict(zip(codes.item_ids, range(len(codes.item_ids)), strict=True)),
         attributes=attributes,
         from_label=categories.from_label,
         confidence=categories.confidence,
         predictor=predictor,
         master_of=categories.master_of,
-        sub_names=label_names(categories.subs),
-        master_names=label_names(categories.masters),
+        sub_names=categories.sub_names,
+        master_names=categories.master_names,
         partitionings=partitionings,
         lower=lower,
         upper=upper,

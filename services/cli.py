@@ -484,7 +484,11 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     items.add_argument("ids", nargs="+", help="the item id (upsert) or ids (delete)")
     items.add_argument("--image", type=Path, default=None, help="upsert: the item's photo")
     for field in ("sub-category", "master-category", "article-type", "gender", "colour", "name"):
-        items.add_argument(f"--{field}", default="", help="upsert: the item's label")
+        items.add_argument(
+            f"--{field}",
+            default="",
+            help="upsert: the item's label (the upsert replaces every label: repeat the ones kept)",
+        )
     items.add_argument("--version", type=int, default=0, help="model version (default: served)")
     items.add_argument("--encoder", default=None, help="encoder address (default $ENCODER_ADDR)")
     items.add_argument("--timeout", type=float, default=30.0)

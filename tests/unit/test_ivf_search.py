@@ -183,7 +183,8 @@ def test_rank_breaks_ties_by_id():
 def test_index_options():
     assert IndexOptions().kind == "flat" and IndexOptions().lists_for(10**6) == 1
     assert IVF.lists_for(50) == 1  # small partitions get one list
-    assert IVF.lists_for(10_000) == 100 and IVF.lists_for(1000) == 1000 // IVF.min_list_size
+    assert IVF.lists_for(10_000) == 50  # ½√n
+    assert IVF.lists_for(1000) == 1000 // IVF.min_list_size  # lists of at least min_list_size
     with pytest.raises(ValueError, match="index kind"):
         IndexOptions(kind="hnsw")
     with pytest.raises(ValueError, match="nprobe"):
