@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+import redis
+
 log = logging.getLogger(__name__)
 
 
@@ -96,6 +98,7 @@ def start_redis(
     password: str | None = None,
     tls: RedisTLS | None = None,
     appendfsync: str = "everysec",
+    load_timeout: float = 600.0,
 ) -> RedisProcess:
     """Start redis-server bound to 127.0.0.1 with AOF persistence in data_dir; wait until it answers.
 
@@ -143,8 +146,31 @@ def start_redis(
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisProcess(process.pid, port, data_dir, process, password, tls)
     wait_for_port(port, process, timeout=20.0, name="redis-server")
+    _wait_loaded(server, load_timeout)
     log.info("redis-server pid %d on 127.0.0.1:%d (data in %s)", process.pid, port, data_dir)
     return server
+
+
+def _wait_loaded(server: RedisProcess, timeout: float) -> None:
+    """Redis listens at once but answers LOADING until its AOF is read back (tens of seconds
+    for gigabytes): wait until it answers a PING."""
+    client = redis.Redis.from_url(server.url, socket_timeout=5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.BusyLoadingError:
+                if server.process.poll() is not None:
+                    raise RuntimeError("redis-server exited while loading its data") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"redis-server still loading its data after {timeout:.0f}s"
+                    ) from None
+                time.sleep(0.2)
+    finally:
+        client.close()
 
 
 def wait_for_port(port: int, process: subprocess.Popen | None, timeout: float, name: str) -> None:

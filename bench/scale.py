@@ -164,6 +164,7 @@ class Section:
 
     def size(self, label: str, items: int) -> dict:
         entry = self.data.setdefault(label, {})
+        entry.pop("error", None)  # an earlier run's failure; this run records its own
         entry.update(
             items=items,
             command=self.command,
@@ -205,11 +206,15 @@ def summarise(data: dict) -> None:
         )
     # RSS includes the interpreter and libraries: the growth between the two largest sizes is
     # what an item costs.
-    rss = [(n, lookup(data[label], "cold_start.rss_bytes")) for n, label in sizes]
-    rss = [(n, v) for n, v in rss if v is not None]
+    # Only between sizes whose replicas index the same methods (each method is an index).
+    rss = [
+        (n, lookup(data[label], "cold_start.rss_bytes"), data[label].get("methods"))
+        for n, label in sizes
+    ]
+    rss = [(n, v, m) for n, v, m in rss if v is not None]
     data["replica_rss_marginal_bytes_per_item"] = (
         round((rss[-1][1] - rss[-2][1]) / (rss[-1][0] - rss[-2][0]), 1)
-        if len(rss) >= 2 and rss[-1][0] != rss[-2][0]
+        if len(rss) >= 2 and rss[-1][0] != rss[-2][0] and rss[-1][2] == rss[-2][2]
         else None
     )
     mismatches, compared = 0, 0
@@ -253,6 +258,9 @@ def part(entry: dict, name: str, section: Section) -> Iterator[dict]:
         log.error("%s failed:\n%s", name, traceback.format_exc())
         figures["error"] = f"{type(exc).__name__}: {exc}"[:500]
     figures.setdefault("part_seconds", round(time.perf_counter() - started, 1))
+    # A size's parts may come from different runs (--parts): each says which.
+    figures["command"] = section.command
+    figures["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entry[name] = figures
     section.save()
 
@@ -276,11 +284,12 @@ class Deployment:
         return sum(rss_bytes(p.pid) for p in self.processes)
 
     def indexed_seconds(self) -> float | None:
-        """The slowest process's load-and-index time, as its log reports it."""
+        """The slowest process's load-and-index time, as its log reports it (the last build in
+        each log: a re-run with the same --work-dir appends to the same logs)."""
         found = []
         for process in self.processes:
             text = process.log_path.read_text() if process.log_path else ""
-            found += [float(v) for v in _INDEXED.findall(text)]
+            found += [float(v) for v in _INDEXED.findall(text)[-1:]]
         return max(found) if found else None
 
     def stop(self) -> None:
@@ -626,6 +635,7 @@ def run_size(
             )
             stack.callback(server.stop)
             redis_url = server.url
+        entry["methods"] = args.methods or "every method"
         entry["redis_persistence"] = (
             "external" if args.redis_url else f"appendfsync {args.appendfsync}"
         )
