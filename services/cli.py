@@ -479,16 +479,14 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     items = commands.add_parser(
         "items",
         help="live updates: upsert an item from its photo, or delete items (served generation)",
+        description="An upsert replaces the item's whole record: give every label it keeps "
+        "(one left out is stored empty, and its subCategory is then predicted from the photo).",
     )
     items.add_argument("action", choices=("upsert", "delete"))
     items.add_argument("ids", nargs="+", help="the item id (upsert) or ids (delete)")
     items.add_argument("--image", type=Path, default=None, help="upsert: the item's photo")
     for field in ("sub-category", "master-category", "article-type", "gender", "colour", "name"):
-        items.add_argument(
-            f"--{field}",
-            default="",
-            help="upsert: the item's label (the upsert replaces every label: repeat the ones kept)",
-        )
+        items.add_argument(f"--{field}", default="", help="upsert: the item's label")
     items.add_argument("--version", type=int, default=0, help="model version (default: served)")
     items.add_argument("--encoder", default=None, help="encoder address (default $ENCODER_ADDR)")
     items.add_argument("--timeout", type=float, default=30.0)

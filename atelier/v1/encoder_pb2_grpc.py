@@ -140,6 +140,8 @@ class EncoderServiceServicer:
         """Encode and write a few items at once, new or changed (writer). In the served generation they
         reach every retrieval and recommender replica through the generation's change stream, with
         no rebuild. Each item gets its own outcome; INVALID_ARGUMENT for a request over the limits.
+        An entry replaces the item's whole record, labels included: a label left empty is stored
+        empty (the subCategory is then predicted from the code), so send every label the item has.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
