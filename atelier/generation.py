@@ -136,12 +136,11 @@ class Generation:
 
     def category_counts(self) -> list[tuple[str, str, int]]:
         """(subCategory, masterCategory, items) for every subCategory, largest first."""
-        counts = np.bincount(
-            label_codes(self.attributes[SUB], self.sub_names), minlength=len(self.sub_names)
-        )
+        names = label_names(self.attributes[SUB])  # a shard's or delta's may not be sub_names
+        counts = np.bincount(label_codes(self.attributes[SUB], names), minlength=len(names))
         pairs = [
             (s, self.master_of.get(s, UNKNOWN), int(n))
-            for s, n in zip(self.sub_names, counts, strict=True)
+            for s, n in zip(names, counts, strict=True)
             if n
         ]
         return sorted(pairs, key=lambda p: (-p[2], p[0]))
@@ -177,7 +176,7 @@ def _category_predictor(
 
 def _sublists_state(partitioning: str, space: str, options: IndexOptions) -> str:
     return (
-        f"sublists:{partitioning}:{space}:{options.lists_factor}:{options.min_list_size}:"
+        f"sublists2:{partitioning}:{space}:{options.lists_factor}:{options.min_list_size}:"
         f"{options.points_per_list}:{options.niter}:{options.seed}"
     )
 
@@ -195,7 +194,11 @@ def _stored_sublists(
             raw = store.derived_state(version, _sublists_state(partitioning, space, options))
             if raw is not None:
                 with np.load(io.BytesIO(raw)) as saved:
-                    lists = (saved["per_partition"], saved["centroids"])
+                    lists = (
+                        tuple(saved["names"].tolist()),
+                        saved["per_partition"],
+                        saved["centroids"],
+                    )
                 found.setdefault(partitioning, {})[space] = lists
     return found
 
@@ -211,15 +214,24 @@ def _save_sublists(
     for name in (SUB, KMEANS):
         if name not in generation.partitionings:
             continue
-        for space, (per_partition, centroids) in (
-            generation.partitionings[name].index.trained_lists().items()
-        ):
-            if space in (stored or {}).get(name, {}):
+        index = generation.partitionings[name].index
+        for space, (names, per_partition, centroids) in index.trained_lists().items():
+            # Replaced when this build trained some partition again (its size or the partitions
+            # changed since): later replicas then reuse the lists that match the data.
+            if space in (stored or {}).get(name, {}) and not index.retrained:
                 continue
             buffer = io.BytesIO()
-            np.savez(buffer, per_partition=per_partition, centroids=centroids)
+            np.savez(
+                buffer,
+                names=np.array(names, dtype=str),
+                per_partition=per_partition,
+                centroids=centroids,
+            )
             store.save_derived_state(
-                generation.version, _sublists_state(name, space, options), buffer.getvalue()
+                generation.version,
+                _sublists_state(name, space, options),
+                buffer.getvalue(),
+                replace=index.retrained,
             )
 
 

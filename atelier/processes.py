@@ -145,8 +145,13 @@ def start_redis(
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisProcess(process.pid, port, data_dir, process, password, tls)
-    wait_for_port(port, process, timeout=20.0, name="redis-server")
-    _wait_loaded(server, load_timeout)
+    try:
+        wait_for_port(port, process, timeout=20.0, name="redis-server")
+        if tls is None or tls.client_ca_file is None:  # mutual TLS: no client certificate here
+            _wait_loaded(server, load_timeout)
+    except BaseException:
+        server.stop()
+        raise
     log.info("redis-server pid %d on 127.0.0.1:%d (data in %s)", process.pid, port, data_dir)
     return server
 

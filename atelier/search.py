@@ -291,6 +291,28 @@ def _sublists(
     return centroids, _nearest(x, centroids)
 
 
+def _reusable_lists(
+    given: tuple[tuple[str, ...], np.ndarray, np.ndarray] | None,
+    names: Sequence[str],
+    per_partition: Sequence[int],
+) -> dict[int, np.ndarray]:
+    """Partition -> its earlier centroids, for each partition found under the same name with the
+    same number of lists (the others are trained again)."""
+    if given is None:
+        return {}
+    given_names, given_counts, centroids = given
+    starts = np.concatenate([[0], np.cumsum(given_counts)]).astype(np.int64)
+    if len(given_names) != len(given_counts) or starts[-1] != len(centroids):
+        return {}  # not a state this code wrote: train
+    where = {name: i for i, name in enumerate(given_names)}
+    found = {}
+    for p, name in enumerate(names):
+        i = where.get(name)
+        if i is not None and int(given_counts[i]) == int(per_partition[p]):
+            found[p] = centroids[starts[i] : starts[i + 1]]
+    return found
+
+
 def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Each row's nearest centroid (Euclidean; on the unit sphere, the most similar)."""
     if len(centroids) == 1:
@@ -342,9 +364,9 @@ def _bitmap_selector(mask: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
     return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)), bitmap
 
 
-# Per list space ("z", "mu", "unit"): the lists each partition is cut into and their
-# centroids, in partition order.
-TrainedLists = dict[str, tuple[np.ndarray, np.ndarray]]
+# Per list space ("z", "mu", "unit"): the partitions' names, the lists each is cut into and
+# their centroids, in partition order.
+TrainedLists = dict[str, tuple[tuple[str, ...], np.ndarray, np.ndarray]]
 
 
 class SearchIndex:
@@ -365,8 +387,8 @@ class SearchIndex:
         trained: TrainedLists | None = None,
     ):
         """`trained`: sublist centroids from an earlier build of the same generation (see
-        `trained_lists`); a list space whose partitions still get the same number of lists
-        reuses them and only assigns its items, instead of running k-means again."""
+        `trained_lists`); a partition of the same name that still gets the same number of lists
+        reuses its centroids and only assigns its items, instead of running k-means again."""
         self.codes = codes
         self.partitions = partitions
         # Shared with the generation, not copied: at ten million items each column is ~1 GB.
@@ -378,6 +400,7 @@ class SearchIndex:
         self._indexes: dict[str, _MethodIndex] = {}
         self._selectors: dict[Where, tuple[faiss.IDSelector | None, np.ndarray | None, int]] = {}
         self._trained: TrainedLists = {}
+        self.retrained = False  # whether any partition's lists were trained, not reused
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
@@ -393,7 +416,10 @@ class SearchIndex:
         return dict(self._trained)
 
     def _build_space(
-        self, space: str, methods: list[str], given: tuple[np.ndarray, np.ndarray] | None
+        self,
+        space: str,
+        methods: list[str],
+        given: tuple[tuple[str, ...], np.ndarray, np.ndarray] | None,
     ) -> None:
         """Cut every partition into sublists once, and fill each method's index from them."""
         codes, options = self.codes, self.options
@@ -403,7 +429,7 @@ class SearchIndex:
         per_partition = [options.lists_for(int(n)) for n in np.diff(bounds)]
         starts = np.concatenate([[0], np.cumsum(per_partition)]).astype(np.int64)
         nlist = int(starts[-1])
-        reuse = given is not None and np.array_equal(given[0], per_partition)
+        reusable = _reusable_lists(given, partition.names, per_partition)
         dim = codes.mu.shape[1]
         centroids = np.zeros((nlist, dim), np.float32)
         sizes = np.zeros(nlist, np.int64)
@@ -417,13 +443,14 @@ class SearchIndex:
         for p in range(count):
             rows = order[bounds[p] : bounds[p + 1]]
             x = _space_vectors(space, codes, rows)
-            if reuse:
-                cents = given[1][starts[p] : starts[p + 1]]
+            if p in reusable:
+                cents = reusable[p]
                 assigned = _nearest(x, cents)
             else:
                 cents, assigned = _sublists(
                     x, per_partition[p], options, space == "unit", options.seed + p
                 )
+                self.retrained = True
             del x
             centroids[starts[p] : starts[p + 1]] = cents
             by_list = np.argsort(assigned, kind="stable")
@@ -444,7 +471,11 @@ class SearchIndex:
                 shift = shifts[p] if method == "loglik" else None
                 xb = _method_vectors(method, codes, rows, shift)
                 _add_sorted(indexes[method], xb, rows, int(starts[p]), counts)
-        self._trained[space] = (np.asarray(per_partition, np.int64), centroids)
+        self._trained[space] = (
+            tuple(partition.names),
+            np.asarray(per_partition, np.int64),
+            centroids,
+        )
         owner = np.repeat(np.arange(count), per_partition).astype(np.int64)
         lists = Sublists(
             centroids, (centroids.astype(np.float64) ** 2).sum(1), starts, owner, sizes

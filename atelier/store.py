@@ -36,8 +36,9 @@ Keys (prefix `atelier:`):
 Codes are stored in bulk: a replica loads a generation with one GET per block of items, not one
 round trip per item. An item costs its packed μ and σ, its id twice (the slot map and its block's
 id list), its metadata once and a 16-character fingerprint of it. z = μ + σ⊙ε is not stored: ε is
-the model version's, so z is derived on every read, bit for bit what the encoder computed (the
-store refuses a z that is not). A slot is taken once per (item, metadata):
+the model version's, so z is derived on every read with the encoder's own float32 arithmetic (bit
+for bit where ε comes from the model's files; behind a remote model server ε is recovered from a
+probe and z agrees to within rounding). The store refuses a z that is not μ + σ⊙ε. A slot is taken once per (item, metadata):
 rewriting an item with the same metadata rewrites its row in place, so re-running a task after a
 crash rewrites the same bytes; an item whose metadata changed (or that was deleted and comes back)
 takes a new slot and its old one is marked dead. Generations written in the first layout (one
@@ -347,6 +348,18 @@ local stop = string.find(text, '\\n', start, true)
 if not stop then return false end
 return string.sub(text, start, stop - 1)
 """
+# A generation's layout, decided once and atomically (two writers starting a generation at once
+# must agree). KEYS: its layout key, its next-slot key. ARGV: the layout for new generations,
+# the first block layout (a generation with slots but no layout key), "1" to record it.
+_CHOOSE_LAYOUT = """
+local value = redis.call('GET', KEYS[1])
+if value then return value end
+if redis.call('EXISTS', KEYS[2]) == 1 then value = ARGV[2]
+elseif ARGV[3] == '1' then value = ARGV[1]
+else return false end
+if ARGV[3] == '1' then redis.call('SET', KEYS[1], value) end
+return value
+"""
 _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
@@ -453,6 +466,7 @@ class CodeStore:
         self._delete_codes = client.register_script(_DELETE_CODES)
         self._append_codes = client.register_script(_APPEND_CODES)
         self._line_of = client.register_script(_LINE_OF)
+        self._choose_layout = client.register_script(_CHOOSE_LAYOUT)
 
     @classmethod
     def from_url(cls, url: str) -> CodeStore:
@@ -572,20 +586,11 @@ class CodeStore:
         """The generation's block layout (None for one never written, unless `create`). Read
         on every call, never cached: a removed generation's version may be written again."""
         prefix = _generation_prefix(version)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(prefix + "layout")
-        pipe.exists(prefix + "next")
-        value, started = pipe.execute()
-        if value is not None:
-            return Layout.decode(value)
-        if started:  # written before generations named their layout
-            if create:
-                self.redis.set(prefix + "layout", FIRST_BLOCK_LAYOUT.encode(), nx=True)
-            return FIRST_BLOCK_LAYOUT
-        if not create:
-            return None
-        self.redis.set(prefix + "layout", LAYOUT.encode(), nx=True)
-        return Layout.decode(self.redis.get(prefix + "layout"))
+        value = self._choose_layout(
+            keys=[prefix + "layout", prefix + "next"],
+            args=[LAYOUT.encode(), FIRST_BLOCK_LAYOUT.encode(), "1" if create else "0"],
+        )
+        return None if value is None else Layout.decode(value)
 
     def _epsilon(self, version: int) -> np.ndarray:
         model = self.model(version)
@@ -629,7 +634,10 @@ class CodeStore:
         self._line_of(keys=[f"{prefix}meta:{block}"], args=[within], client=pipe)
         *planes, meta = pipe.execute()
         row = np.frombuffer(b"".join(planes), "<f4")[None]
-        epsilon = None if layout.stores_z else self._epsilon(version)
+        model = None if layout.stores_z else self.model(version)
+        if model is None and not layout.stores_z:
+            return None  # the generation is being removed
+        epsilon = None if model is None else model.epsilon
         mu, sigma, z = np.split(_with_z(row, layout, epsilon)[0].astype(np.float32), ROW_VECTORS)
         return ItemRecord(item_id, mu, sigma, z, unpack_metadata(meta or b""))
 
@@ -913,9 +921,16 @@ class CodeStore:
         """A piece of state derived from a generation (see `save_derived_state`)."""
         return self.redis.hget(f"{PREFIX}gen:{version}:index", name)
 
-    def save_derived_state(self, version: int, name: str, value: bytes | str) -> bytes:
-        """Keep derived state once per generation; the first writer wins, so replicas agree."""
-        self.redis.hsetnx(f"{PREFIX}gen:{version}:index", name, value)
+    def save_derived_state(
+        self, version: int, name: str, value: bytes | str, replace: bool = False
+    ) -> bytes:
+        """Keep derived state once per generation; the first writer wins, so replicas agree
+        (`replace`: state a later build refreshed, such as IVF lists retrained after the
+        catalogue grew)."""
+        if replace:
+            self.redis.hset(f"{PREFIX}gen:{version}:index", name, value)
+        else:
+            self.redis.hsetnx(f"{PREFIX}gen:{version}:index", name, value)
         stored = self.derived_state(version, name)
         assert stored is not None
         return stored

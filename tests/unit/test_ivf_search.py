@@ -246,10 +246,26 @@ def test_a_later_build_reuses_the_trained_sublists(mixture):
                 strict=True,
             )
         )
-    # Lists cut for other partition sizes are not reused: the index trains its own.
-    other = {
-        space: (per_partition + 1, centroids)
-        for space, (per_partition, centroids) in trained.items()
-    }
-    rebuilt = SearchIndex(mixture.codes, mixture.partitions, options=IVF, trained=other)
-    assert np.array_equal(np.diff(rebuilt.sublists("fixed_eps").starts), trained["z"][0])
+    assert not again.retrained
+    # Reused partition by partition, by name: one whose list count no longer matches (it grew,
+    # or another category took its place) is trained again, the others are not.
+    names, counts, centroids = trained["z"]
+    other_counts = counts.copy()
+    other_counts[0] += 1  # as if the first partition had been cut into one list more
+    grown = np.vstack([centroids[: counts[0]], centroids[:1], centroids[counts[0] :]])
+    swapped = (names[1], names[0], *names[2:])
+    rebuilt = SearchIndex(
+        mixture.codes,
+        mixture.partitions,
+        options=IVF,
+        trained={"z": (names, other_counts, grown)},
+    )
+    layout = rebuilt.sublists("fixed_eps")
+    assert rebuilt.retrained and np.array_equal(np.diff(layout.starts), counts)
+    assert np.array_equal(layout.centroids[counts[0] :], centroids[counts[0] :])
+    renamed = SearchIndex(
+        mixture.codes, mixture.partitions, options=IVF, trained={"z": (swapped, counts, centroids)}
+    )
+    assert renamed.retrained and np.array_equal(
+        np.diff(renamed.sublists("fixed_eps").starts), counts
+    )
