@@ -136,8 +136,13 @@ class Generation:
 
     def category_counts(self) -> list[tuple[str, str, int]]:
         """(subCategory, masterCategory, items) for every subCategory, largest first."""
-        names = label_names(self.attributes[SUB])  # a shard's or delta's may not be sub_names
-        counts = np.bincount(label_codes(self.attributes[SUB], names), minlength=len(names))
+        names = self.sub_names
+        try:
+            codes = label_codes(self.attributes[SUB], names)
+        except ValueError:  # a shard's or delta's labels may reach past the shared names
+            names = label_names(self.attributes[SUB])
+            codes = label_codes(self.attributes[SUB], names)
+        counts = np.bincount(codes, minlength=len(names))
         pairs = [
             (s, self.master_of.get(s, UNKNOWN), int(n))
             for s, n in zip(names, counts, strict=True)

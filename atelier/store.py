@@ -618,13 +618,23 @@ class CodeStore:
 
     def item(self, version: int, item_id: str) -> ItemRecord | None:
         prefix = _generation_prefix(version)
-        layout = self._layout(version)
+        # Two round trips: where the item lives (and the layout and ε that read it), then its row.
         pipe = self.redis.pipeline(transaction=False)
+        self._choose_layout(
+            keys=[prefix + "layout", prefix + "next"],
+            args=[LAYOUT.encode(), FIRST_BLOCK_LAYOUT.encode(), "0"],
+            client=pipe,
+        )
         pipe.hget(prefix + "slots", item_id)
         pipe.get(prefix + "vector_bytes")
-        held, vector_bytes = pipe.execute()
-        if layout is None or held is None or vector_bytes is None:
+        pipe.hget(f"{PREFIX}model:{version}", "epsilon")
+        layout_value, held, vector_bytes, packed_epsilon = pipe.execute()
+        if layout_value is None or held is None or vector_bytes is None:
             return None
+        layout = Layout.decode(layout_value)
+        if packed_epsilon is None and not layout.stores_z:
+            return None  # the generation is being removed
+        epsilon = None if layout.stores_z else unpack(packed_epsilon)
         slot, width = int(held.split(SEP, 1)[0]), int(vector_bytes)
         block, within = divmod(slot, layout.block_items)
         pipe = self.redis.pipeline(transaction=False)
@@ -634,10 +644,6 @@ class CodeStore:
         self._line_of(keys=[f"{prefix}meta:{block}"], args=[within], client=pipe)
         *planes, meta = pipe.execute()
         row = np.frombuffer(b"".join(planes), "<f4")[None]
-        model = None if layout.stores_z else self.model(version)
-        if model is None and not layout.stores_z:
-            return None  # the generation is being removed
-        epsilon = None if model is None else model.epsilon
         mu, sigma, z = np.split(_with_z(row, layout, epsilon)[0].astype(np.float32), ROW_VECTORS)
         return ItemRecord(item_id, mu, sigma, z, unpack_metadata(meta or b""))
 
