@@ -494,6 +494,19 @@ def progress_of(raw: dict, now: float) -> JobProgress:
     )
 
 
+def unfinished(store: CodeStore) -> list[JobProgress]:
+    """The progress of every job not finished yet (what an operator's dashboard follows)."""
+    now = time.time()
+    found = []
+    for job_id in store.active_jobs():
+        raw = store.job_progress(job_id) if valid_job_id(job_id) else None
+        if raw is not None:
+            job = progress_of(raw, now)
+            if job.state not in FINISHED:
+                found.append(job)
+    return found
+
+
 def requeue_lost(
     store: CodeStore,
     enqueue: EnqueueFn,

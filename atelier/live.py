@@ -130,6 +130,12 @@ class LiveGeneration:
         return self.overlay.position
 
     @property
+    def item_count(self) -> int:
+        """Live items: the base's, less those deleted or replaced, plus the delta's."""
+        delta = len(self.delta.codes) if self.delta is not None else 0
+        return len(self.base.codes) - len(self.dead_rows) + delta
+
+    @property
     def segments(self) -> list[Generation]:
         return [self.base] if self.delta is None else [self.base, self.delta]
 
@@ -138,10 +144,18 @@ class LiveGeneration:
         size = len(self.overlay.upserts) + len(self.overlay.deleted)
         return size > min(self.compaction_items, max(1000, COMPACTION_SHARE * len(self.base.codes)))
 
+    def owned(self, batch: ChangeBatch) -> ChangeBatch:
+        """The changes of `batch` this generation holds (on a shard: its own items')."""
+        if self.owns is None:
+            return batch
+        kept = [c for c in batch.changes if self.owns(c.item_id)]
+        return ChangeBatch(kept, batch.sequence, batch.stream_id, batch.gap)
+
+    def owned_count(self, batch: ChangeBatch) -> int:
+        return len(self.owned(batch).changes)
+
     def with_changes(self, batch: ChangeBatch) -> LiveGeneration:
-        if self.owns is not None:
-            kept = [c for c in batch.changes if self.owns(c.item_id)]
-            batch = ChangeBatch(kept, batch.sequence, batch.stream_id, batch.gap)
+        batch = self.owned(batch)
         overlay = self.overlay.applied(batch)
         rows = [self.base.row_of.get(i) for i in (*overlay.upserts, *overlay.deleted)]
         dead = np.array(sorted(r for r in rows if r is not None), np.int64)

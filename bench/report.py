@@ -37,10 +37,28 @@ def update(key: str, figures: dict, command: str, report: str = "benchmarks") ->
     return data
 
 
+def merge(key: str, part: str, figures: dict, command: str, report: str = "benchmarks") -> dict:
+    """Merge one benchmark's figures into a section that several benchmarks share (`ops`): its
+    figures join the section's, and `commands[part]` names the command that measured them."""
+    path = DOCS / f"{report}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    section = data.get(key, {})
+    section.update(figures)
+    section["commands"] = {**section.get("commands", {}), part: command}
+    section["command"] = "; ".join(section["commands"].values())
+    section["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    section["machine"] = machine()
+    data[key] = section
+    DOCS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    (DOCS / f"{report}.md").write_text(render(data, report))
+    return data
+
+
 def _flatten(prefix: str, value, rows: list[tuple[str, str]]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
-            if k not in ("command", "machine", "measured_at", "notes"):
+            if k not in ("command", "commands", "machine", "measured_at", "notes"):
                 _flatten(f"{prefix}.{k}" if prefix else k, v, rows)
     elif isinstance(value, float):
         rows.append((prefix, f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"))

@@ -126,8 +126,7 @@ def capabilities() -> Capabilities:
     }
     with environment(**probe):
         settings = Settings.from_env()
-    values = [getattr(settings, f.name) for f in dataclasses.fields(settings)]
-    ivf = any(v == "ivf" or getattr(v, "kind", None) == "ivf" for v in values)
+    ivf = getattr(getattr(settings, "index", None), "kind", None) == "ivf"
     sharded = getattr(settings, "shard_count", 1) == 2
     try:
         from services.common.fanout import ShardedRetrieval  # noqa: F401

@@ -31,8 +31,8 @@ from atelier.simulate import SimulatorParams, simulate, write_csv
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, personalization_pb2, personalization_pb2_grpc
 from services.common.client import Addresses, AtelierClient, follow_job
-from services.common.launcher import PORT_VARS, Suite, local_suite, start_process
-from services.common.runtime import configure_logging
+from services.common.launcher import PORT_VARS, Suite, local_suite
+from services.common.logs import configure_logging
 
 log = logging.getLogger("atelier.demo")
 DEFAULT_PORTS = {
@@ -160,7 +160,7 @@ def main() -> int:
         help="check bearer tokens (default: open, on loopback only); prints an admin token",
     )
     args = parser.parse_args()
-    configure_logging("WARNING")
+    configure_logging("WARNING", text=True)
     # A catalogue other than the default gets its own Redis data, so switching back reuses the old one.
     data_dir = args.data_dir / (
         "default"
@@ -220,14 +220,13 @@ def main() -> int:
         print("starting personalisation (its service, importer and trainer) ...")
         suite.start_personalization(timeout=600)
         preference = personalise_if_needed(suite, args.catalogue, history_dir)
-        gateway = suite.add(
-            start_process(
-                "gateway", [sys.executable, "-m", "services.gateway"], suite.env, suite.log_dir
-            )
-        )
+        gateway = suite.start_gateway()
         studio = f"http://127.0.0.1:{args.gateway_port}/"
         example = store.item(version, store.random_item_id(version) or "")
-        wait_http(studio + "healthz")
+        metrics = ", ".join(
+            f"{name} {address.rsplit(':', 1)[1]}"
+            for name, address in sorted(suite.metrics_addresses.items())
+        )
         if suite.token:
             access = f"on: admin token {suite.token} (paste it into the studio's Token field)"
             token_export = f" ATELIER_TOKEN={suite.token}"
@@ -246,7 +245,8 @@ Atelier is up, answering from model version {version} ({store.item_count(version
   personalization   {suite.env["PERSONALIZATION_ADDR"]}   (atelier.v1.PersonalizationService; {preference})
   model server      {suite.env["MODEL_SERVER_ADDR"]}   (tensorflow.serving.PredictionService)
   redis             {suite.env["REDIS_URL"]}
-  logs              {suite.log_dir}   (gateway pid {gateway.pid})
+  logs              {suite.log_dir}   (JSON lines; gateway pid {gateway.pid})
+  metrics           http://127.0.0.1:PORT/metrics, by process: {metrics}
   authentication    {access}
 
 Try, in another terminal:

@@ -91,28 +91,12 @@ class AuthSettings:
 
     @classmethod
     def from_env(cls) -> AuthSettings:
-        mode = (os.environ.get("ATELIER_AUTH") or "token").strip().lower()
-        if mode not in AUTH_MODES:
-            raise SystemExit(f"ATELIER_AUTH must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
-        raw_ttl = os.environ.get("ATELIER_AUTH_CACHE_SECONDS") or "5"
-        try:
-            cache_seconds = float(raw_ttl)
-        except ValueError:
-            raise SystemExit(
-                f"ATELIER_AUTH_CACHE_SECONDS must be a number, got {raw_ttl!r}"
-            ) from None
-        # Imported here: redisconf imports runtime, which imports this module.
-        from services.common.redisconf import with_secrets
+        """ATELIER_AUTH, ATELIER_AUTH_CACHE_SECONDS, ATELIER_TOKEN(_FILE) and REDIS_URL (with its
+        secrets), validated by services.common.settings.AuthEnvironment."""
+        # Imported here: settings imports this module (for AuthSettings and AUTH_MODES).
+        from services.common.settings import AuthEnvironment
 
-        redis_url = os.environ.get("REDIS_URL") or None
-        return cls(
-            mode=mode,
-            # With REDIS_PASSWORD_FILE's password and the REDIS_TLS_* files, as every Redis user.
-            redis_url=with_secrets(redis_url) if redis_url else None,
-            cache_seconds=cache_seconds,
-            token=os.environ.get("ATELIER_TOKEN") or None,
-            token_file=os.environ.get("ATELIER_TOKEN_FILE") or None,
-        )
+        return AuthEnvironment.from_env().auth
 
     @property
     def enabled(self) -> bool:

@@ -45,6 +45,7 @@ class GenerationHolder:
         channel: str = GENERATION_CHANNEL,
         follow: bool = False,
         follow_block_ms: int = 500,
+        on_changes: Callable[[Generation, int, int | None], None] | None = None,
     ):
         self.store = store
         self._build = build
@@ -56,6 +57,7 @@ class GenerationHolder:
         self._swap = threading.Lock()  # installs: a rebuild and a change batch never cross
         self._follow = follow
         self._follow_block_ms = follow_block_ms
+        self._on_changes = on_changes
         self._rebuild_wanted = threading.Event()
         self._retries: dict[int, tuple[float, float]] = {}  # version -> (retry at, last delay)
         self._stop = threading.Event()
@@ -175,6 +177,8 @@ class GenerationHolder:
                     self._stop.wait(1.0)
                     continue
                 if not batch.changes:
+                    if self._on_changes:
+                        self._on_changes(held, 0, None)
                     continue
                 updated = held.with_changes(batch)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -187,8 +191,12 @@ class GenerationHolder:
                 self._stop.wait(1.0)
                 continue
             with self._swap:
-                if self._current is held:  # a rebuild installed meanwhile reads on by itself
+                installed = self._current is held
+                if installed:  # a rebuild installed meanwhile reads on by itself
                     self._current = updated
+            if installed and self._on_changes:
+                newest_ms = int(batch.stream_id.split("-", 1)[0])  # a stream id is "ms-seq"
+                self._on_changes(updated, held.owned_count(batch), newest_ms)
             if updated.needs_compaction:
                 self._rebuild_wanted.set()
 

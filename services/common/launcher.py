@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,10 @@ from services.common.tls import ClientTLS, make_channel
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
+
+# A variable given this value is removed from the process's environment (not just left empty:
+# prometheus_client turns multiprocess mode on for a PROMETHEUS_MULTIPROC_DIR that is merely set).
+UNSET = "\x00unset"
 
 # Docker's restart policy (next_restart_delay): wait 100 ms before the first restart, double the
 # wait after each restart that did not stay up, at most a minute; back to 100 ms once a process
@@ -148,7 +153,8 @@ def start_process(
 ) -> ManagedProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    merged = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    full_env = {name: value for name, value in merged.items() if value != UNSET}
 
     def spawn() -> subprocess.Popen:
         with log_path.open("ab") as handle:  # appends: a restarted process keeps one log
@@ -258,6 +264,8 @@ class Suite:
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     stack: ExitStack = field(default_factory=ExitStack)
     restart: bool = False
+    metrics: bool = True  # every process serves /metrics on a port of its own
+    metrics_addresses: dict[str, str] = field(default_factory=dict)  # process name -> host:port
 
     def client_tls(self) -> ClientTLS:
         """How this suite's clients reach its services (TLS_* from the suite's environment)."""
@@ -292,6 +300,22 @@ class Suite:
     def log_dir(self) -> Path:
         return Path(self.env["ATELIER_LOG_DIR"])
 
+    def process_env(self, name: str, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of process `name`: the suite's (or `base`), plus its own metrics
+        port and, for a Celery worker's pool processes, a fresh folder for their counters."""
+        env = dict(self.env if base is None else base)
+        if not self.metrics:
+            env["METRICS_PORT"] = env["PROMETHEUS_MULTIPROC_DIR"] = UNSET
+            return env
+        port = free_port()
+        env["METRICS_PORT"] = str(port)
+        folder = self.log_dir / f"metrics-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+        self.metrics_addresses[name] = f"127.0.0.1:{port}"
+        return env
+
     def reserve_ports(self, names: tuple[str, ...]) -> None:
         """Give each service a free port, and every process every address (as compose would)."""
         for name in names:
@@ -306,7 +330,9 @@ class Suite:
         self.reserve_ports((name,))
         address = self.env[PORT_VARS[name][1]]
         argv = [sys.executable, "-m", f"services.{name}"]
-        managed = self.add(start_process(name, argv, self.env, self.log_dir, address))
+        env = self.process_env(name)
+        env["PROMETHEUS_MULTIPROC_DIR"] = UNSET  # one process: its own registry
+        managed = self.add(start_process(name, argv, env, self.log_dir, address))
         if wait:
             wait_serving(managed, timeout, self.client_tls())
         return managed
@@ -327,6 +353,8 @@ class Suite:
             self.reserve_ports(("gateway",))
             env = {**self.env, **(extra_env or {})}
         argv = [sys.executable, "-m", "services.gateway"]
+        env = self.process_env(name, env)
+        env["PROMETHEUS_MULTIPROC_DIR"] = UNSET
         managed = self.add(start_process(name, argv, env, self.log_dir, env["GATEWAY_ADDR"]))
         if ready_path is not None:
             wait_http(f"http://{env['GATEWAY_ADDR']}{ready_path}", managed, timeout)
@@ -340,7 +368,7 @@ class Suite:
         queues: str | None = None,
     ) -> ManagedProcess:
         argv = celery_worker_argv(concurrency, name, app, queues)
-        return self.add(start_process(name, argv, self.env, self.log_dir))
+        return self.add(start_process(name, argv, self.process_env(name), self.log_dir))
 
     def encode(self, request, timeout: float = 300.0):
         """Submit a catalogue job (an encoder_pb2.SubmitCatalogueRequest) and wait until it
@@ -383,6 +411,7 @@ def local_suite(
     auth: bool = True,
     restart: bool = False,
     redis_appendfsync: str = "everysec",
+    metrics: bool = True,
 ) -> Iterator[Suite]:
     """Redis (embedded unless redis_url is given), the model server, services and Celery workers.
 
@@ -393,6 +422,7 @@ def local_suite(
     served, so callers usually start them with `suite.start_service` after encoding. The embedded
     Redis is `suite.processes["redis"]`, with AOF (`redis_appendfsync`, compose's everysec by
     default). `restart=True` restarts any process that dies, like compose's `unless-stopped`.
+    Every process serves /metrics on a free port (`suite.metrics_addresses`) unless metrics=False.
     """
     work_dir = Path(work_dir)
     suite = Suite(
@@ -401,6 +431,7 @@ def local_suite(
             "MODELS_DIR": str(Path(models_dir).resolve()),
         },
         restart=restart,
+        metrics=metrics,
     )
     with suite.stack:
         if redis_url is None:

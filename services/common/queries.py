@@ -5,12 +5,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import quote
 
 import faiss
 import grpc
 import numpy as np
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import NoDecode
 
 from atelier import generation as generations
 from atelier import sharded_generation
@@ -23,11 +32,11 @@ from atelier.sharded_generation import SharedPartitions
 from atelier.sharding import Shard
 from atelier.store import CodeStore, ItemRecord
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
-from services.common.auth import AuthSettings
+from services.common import metrics
 from services.common.client import METHODS as CLIENT_METHODS
 from services.common.generation_holder import GenerationHolder
-from services.common.redisconf import redis_url_from_env
-from services.common.runtime import RunningServer, env_float, env_int, env_str, grpc_server
+from services.common.runtime import RunningServer, grpc_server
+from services.common.settings import Port, ServiceSettings
 
 # RankingMethod -> method name; an unset method is fixed-ε, the paper's served default.
 METHODS = {
@@ -228,78 +237,92 @@ def resolve_live(
     ]
 
 
-@dataclass(frozen=True)
-class QuerySettings:
-    """Settings shared by the services that answer queries from the served generation."""
+class QuerySettings(ServiceSettings):
+    """Settings shared by the services that answer queries from the served generation.
 
-    redis_url: str
-    encoder_addr: str
-    host: str
-    port: int
-    kmeans_k: int
-    max_abs_latent: float
-    faiss_threads: int
-    auth: AuthSettings
-    shard_index: int
-    shard_count: int
-    index: IndexOptions
-    methods: tuple[str, ...]
+    Each service names its own HOST/PORT variables (RETRIEVAL_*, RECOMMENDER_*): its `Settings`
+    subclass declares `host` and `port` with those variables as their aliases."""
+
+    encoder_addr: str = Field(
+        "127.0.0.1:50051", description="The encoder (host:port), for queries by photo."
+    )
+    host: str = Field(description="Address to listen on (the subclass names its variable).")
+    port: Port = Field(description="gRPC port (the subclass names its variable).")
+    kmeans_k: NonNegativeInt = Field(
+        16, description="Clusters of the k-means partitioning of a generation (0: none)."
+    )
+    max_abs_latent: PositiveFloat = Field(
+        100.0,
+        description="Largest absolute value accepted in a caller's latent vector (a value "
+        "beyond it is refused as INVALID_ARGUMENT).",
+    )
+    faiss_threads: PositiveInt = Field(
+        1,
+        description="FAISS threads per search: the server already runs requests in parallel, "
+        "and for a single query FAISS's threads cost more than they save (p99 13 ms -> 6 ms at "
+        "1M).",
+    )
+    shard_count: PositiveInt = Field(
+        1,
+        description="Shards the catalogue is cut into; one address per shard goes into the "
+        "clients' RETRIEVAL_ADDR / RECOMMENDER_ADDR.",
+    )
+    shard_index: NonNegativeInt = Field(
+        0, description="This process's shard: the items whose id hashes to it (0..SHARD_COUNT-1)."
+    )
+    index_kind: str = Field(
+        IndexOptions.kind,
+        description="flat: exact, every partition one list; ivf: k-means sublists per "
+        "partition, NPROBE of them probed.",
+    )
+    nprobe: PositiveInt = Field(
+        IndexOptions.nprobe,
+        description="IVF sublists probed per search (recall@10 >= 0.99 at the default, "
+        "docs/benchmarks.md `scale`).",
+    )
+    methods: Annotated[tuple[str, ...], NoDecode] = Field(
+        RANKING_METHODS,
+        validation_alias="SEARCH_METHODS",
+        description="The ranking methods indexed, comma-separated; each costs a copy of the "
+        "codes (docs/deploy: memory).",
+    )
+
+    @field_validator("shard_index")
+    @classmethod
+    def _shard_index(cls, index: int, info: ValidationInfo) -> int:
+        count = info.data.get("shard_count")  # absent when SHARD_COUNT is bad: reported itself
+        if count is not None and index >= count:
+            raise ValueError(f"must be in 0..SHARD_COUNT-1 = 0..{count - 1}, got {index}")
+        return index
+
+    @field_validator("index_kind")
+    @classmethod
+    def _index_kind(cls, kind: str) -> str:
+        IndexOptions(kind=kind)  # ValueError naming the kinds there are
+        return kind
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _split_methods(cls, value: object) -> object:
+        return _methods(value) if isinstance(value, str) else value
 
     @property
     def shard(self) -> Shard | None:
         """This process's shard of the catalogue; None when it holds every item."""
         return Shard(self.shard_index, self.shard_count) if self.shard_count > 1 else None
 
-    @classmethod
-    def read(cls, prefix: str, default_port: int):
-        return cls(
-            redis_url=redis_url_from_env(),
-            encoder_addr=env_str("ENCODER_ADDR", "127.0.0.1:50051"),
-            host=env_str(f"{prefix}_HOST", "127.0.0.1"),
-            port=env_int(f"{prefix}_PORT", default_port),
-            kmeans_k=env_int("KMEANS_K", 16),
-            max_abs_latent=env_float("MAX_ABS_LATENT", 100.0),
-            # One thread per search: the server already runs requests in parallel, and for a
-            # single query FAISS's threads cost more than they save (p99 13 ms -> 6 ms at 1M).
-            faiss_threads=env_int("FAISS_THREADS", 1),
-            auth=AuthSettings.from_env(),
-            # One address per shard goes into the clients' RETRIEVAL_ADDR / RECOMMENDER_ADDR.
-            shard_index=_shard_index(),
-            shard_count=env_int("SHARD_COUNT", 1),
-            # flat: exact, every partition one list; ivf: k-means sublists per partition, NPROBE
-            # of them probed (recall@10 >= 0.99 at the default, docs/benchmarks.md `scale`).
-            index=_index_options(),
-            # The methods indexed; each costs a copy of the codes (docs/deploy: memory).
-            methods=_methods(env_str("SEARCH_METHODS", ",".join(RANKING_METHODS))),
-        )
+    @property
+    def index(self) -> IndexOptions:
+        return IndexOptions(kind=self.index_kind, nprobe=self.nprobe)
 
 
 def _methods(text: str) -> tuple[str, ...]:
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     unknown = [m for m in methods if m not in RANKING_METHODS]
     if unknown or not methods:
-        raise SystemExit(
-            f"SEARCH_METHODS lists {unknown or 'nothing'}; choose from {', '.join(RANKING_METHODS)}"
-        )
+        named = f"unknown ranking methods {unknown}" if unknown else "no ranking method"
+        raise ValueError(f"{named}; choose from {', '.join(RANKING_METHODS)}")
     return methods
-
-
-def _index_options() -> IndexOptions:
-    try:
-        return IndexOptions(
-            kind=env_str("INDEX_KIND", "flat"), nprobe=env_int("NPROBE", IndexOptions.nprobe)
-        )
-    except ValueError as exc:
-        raise SystemExit(f"INDEX_KIND / NPROBE: {exc}") from None
-
-
-def _shard_index() -> int:
-    index, count = env_int("SHARD_INDEX", 0), env_int("SHARD_COUNT", 1)
-    if count < 1 or not 0 <= index < count:
-        raise SystemExit(
-            f"SHARD_INDEX must be in 0..SHARD_COUNT-1 with SHARD_COUNT >= 1, got {index} of {count}"
-        )
-    return index
 
 
 class GenerationServicer:
@@ -384,9 +407,17 @@ def run_query_server(
         thread_initializer=limit_faiss_threads,
         auth=settings.auth,
     ) as running:
-        build = _builder(settings, store, servicer)
+        replica = metrics.ReplicaMetrics(
+            service_name.rsplit(".", 1)[-1].removesuffix("Service").lower()
+        )
+        build = replica.timed_build(_builder(settings, store, servicer))
+
+        def installed(generation: LiveGeneration) -> None:
+            replica.installed(generation)
+            running.set_serving(True)
+
         servicer.holder = GenerationHolder(
-            store, build, lambda _generation: running.set_serving(True), follow=True
+            store, build, installed, follow=True, on_changes=replica.changes
         )
         servicer.holder.start()
         try:

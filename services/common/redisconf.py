@@ -20,8 +20,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from services.common.runtime import env_str
-
 SSL_OPTIONS = {
     "REDIS_TLS_CA_FILE": "ssl_ca_certs",
     "REDIS_TLS_CERT_FILE": "ssl_certfile",
@@ -72,8 +70,12 @@ def with_secrets(url: str, env: Mapping[str, str] | None = None) -> str:
 
 
 def redis_url_from_env(default: str | None = None) -> str:
-    """REDIS_URL (required unless a default is given) with the secrets above filled in."""
-    return with_secrets(env_str("REDIS_URL", default))
+    """REDIS_URL (required unless a default is given) with the secrets above filled in.
+    The services read it as a settings field (services.common.settings.RedisUrl)."""
+    url = os.environ.get("REDIS_URL") or default
+    if not url:
+        raise SystemExit("missing required environment variable REDIS_URL")
+    return with_secrets(url)
 
 
 def redacted(url: str) -> str:

@@ -1,11 +1,10 @@
-"""What every Atelier gRPC service shares: server setup, health, reflection, shutdown and logging."""
+"""What every Atelier process shares at start-up (logs, traces, the metrics endpoint) and what
+every gRPC service shares: server setup, interceptors, health, reflection and shutdown."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
@@ -17,50 +16,28 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import metrics, tracing
 from services.common.auth import AuthSettings, server_interceptors
 from services.common.backpressure import ConcurrencyLimiter
+from services.common.logs import configure_logging
+from services.common.settings import ProcessSettings
 from services.common.tls import MAX_MESSAGE_BYTES, ServerTLS
 
 log = logging.getLogger(__name__)
 
 # Threads beyond the concurrency limit: health checks and refusals always find one free.
 SPARE_THREADS = 4
+MAX_CONNECTION_AGE_SECONDS = 300
+CONNECTION_AGE_GRACE_SECONDS = 180  # above the longest deadline a client sets (120 s)
 
 
-def configure_logging(level: str | None = None) -> None:
-    logging.basicConfig(
-        level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-        force=True,
-    )
-
-
-def env_str(name: str, default: str | None = None) -> str:
-    value = os.environ.get(name, default)
-    if value is None or value == "":
-        raise SystemExit(f"missing required environment variable {name}")
-    return value
-
-
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"environment variable {name} must be an integer, got {raw!r}") from None
-
-
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"environment variable {name} must be a number, got {raw!r}") from None
+def bootstrap(process: str) -> None:
+    """Start-up of every service and worker process: JSON logs, the tracer provider and the
+    /metrics endpoint, all as the environment says (services.common.settings.ProcessSettings and
+    OpenTelemetry's variables; services/common/{logs,tracing,metrics}.py)."""
+    configure_logging(process=process)
+    tracing.configure(process)
+    metrics.serve_metrics()
 
 
 # Details travel percent-encoded in a trailer (up to 3 bytes per UTF-8 byte), and clients
@@ -213,17 +190,19 @@ def grpc_server(
     """
     if auth is not None:
         auth.check_bind(host, ", ".join(service_names))
-    limit = max_concurrent_rpcs or env_int("MAX_CONCURRENT_RPCS", workers)
-    if limit < 1:
-        raise SystemExit(f"MAX_CONCURRENT_RPCS must be at least 1, got {limit}")
+    limit = max_concurrent_rpcs or ProcessSettings.from_env().max_concurrent_rpcs or workers
     tls = ServerTLS.from_env() if tls is None else tls
     limiter = ConcurrencyLimiter(limit)
-    # The limiter comes first: an RPC over the limit is refused before any other work is done
-    # (the token check included, and without reading the request). CallerErrors is next: it
+    # The trace span comes first, then the RPC's metrics and failure log (inside the span, so
+    # the log line carries the trace id): every RPC is traced and counted, refusals included.
+    # The limiter is next: an RPC over the limit is refused before any other work is
+    # done (the token check included, and without reading the request). CallerErrors follows: it
     # parses the request bytes itself, so a malformed message is INVALID_ARGUMENT (before the
     # token check, which cannot be reached without a parsed request) rather than grpc's INTERNAL,
     # and every status after it, authentication's included, has its details capped.
     interceptors: list[grpc.ServerInterceptor] = [
+        *tracing.server_interceptors(),
+        metrics.RpcObserver(count=metrics.metrics_enabled()),
         limiter,
         CallerErrors(),
         *server_interceptors(auth),
@@ -237,6 +216,10 @@ def grpc_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Clients reconnect, and so re-resolve a name, at least this often: replicas an
+            # autoscaler adds get traffic. RPCs in flight get the grace to finish.
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_SECONDS * 1000),
+            ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_SECONDS * 1000),
         ],
     )
     register(server)

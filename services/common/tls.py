@@ -21,6 +21,8 @@ from pathlib import Path
 
 import grpc
 
+from services.common import tracing
+
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 MESSAGE_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -159,7 +161,8 @@ def make_channel(
 ) -> grpc.Channel:
     """A channel to `address` with the suite's message limits: TLS or plaintext as `tls` says
     (None: from the environment), round robin over every address a `dns:///name:port` resolves
-    to, and bounded retries of RESOURCE_EXHAUSTED that honour the server's retry hint."""
+    to, and bounded retries of RESOURCE_EXHAUSTED that honour the server's retry hint; traced
+    when this process records spans (services/common/tracing.py)."""
     tls = ClientTLS.from_env() if tls is None else tls
     all_options: list[tuple[str, object]] = [*MESSAGE_OPTIONS, *RECONNECT_OPTIONS, *options]
     if round_robin:
@@ -167,10 +170,12 @@ def make_channel(
     if retry_overload:
         all_options.append(("grpc.service_config", OVERLOAD_RETRY_SERVICE_CONFIG))
     if not tls.enabled:
-        return grpc.insecure_channel(address, options=all_options)
+        return tracing.traced_channel(grpc.insecure_channel(address, options=all_options))
     if tls.server_name:
         all_options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.secure_channel(address, tls.credentials(), options=all_options)
+    return tracing.traced_channel(
+        grpc.secure_channel(address, tls.credentials(), options=all_options)
+    )
 
 
 def https_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:

@@ -1,12 +1,12 @@
 """Run the decoder gRPC service: `python -m services.decoder`."""
 
-from services.common.runtime import configure_logging, wait_for_shutdown
+from services.common.runtime import bootstrap, wait_for_shutdown
 from services.decoder.config import Settings
 from services.decoder.server import run_server
 
 
 def main() -> None:
-    configure_logging()
+    bootstrap("decoder")
     with run_server(Settings.from_env()) as running:
         wait_for_shutdown(running)
 

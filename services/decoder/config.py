@@ -1,36 +1,40 @@
-"""Decoder service settings, read once from the environment."""
+"""Decoder service settings, read once from the environment (services/common/settings.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field, PositiveFloat, PositiveInt
 
-from services.common.auth import AuthSettings
-from services.common.redisconf import redis_url_from_env
-from services.common.runtime import env_float, env_int, env_str
+from services.common.settings import Port, ServiceSettings
 
 
-@dataclass(frozen=True)
-class Settings:
-    redis_url: str
-    model_server_addr: str
-    host: str
-    port: int
-    max_abs_latent: float
-    max_batch: int
-    max_steps: int
-    model_timeout: float
-    auth: AuthSettings
+class Settings(ServiceSettings):
+    """The decoder: latent codes to images, through the model server."""
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            redis_url=redis_url_from_env(),
-            model_server_addr=env_str("MODEL_SERVER_ADDR", "127.0.0.1:8500"),
-            host=env_str("DECODER_HOST", "127.0.0.1"),
-            port=env_int("DECODER_PORT", 50052),
-            max_abs_latent=env_float("MAX_ABS_LATENT", 100.0),
-            max_batch=env_int("MAX_DECODE_BATCH", 64),
-            max_steps=env_int("MAX_TRAVERSE_STEPS", 32),
-            model_timeout=env_float("MODEL_TIMEOUT_SECONDS", 30.0),
-            auth=AuthSettings.from_env(),
-        )
+    model_server_addr: str = Field(
+        "127.0.0.1:8500", description="The model server (host:port) that runs the decoders."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias="DECODER_HOST",
+        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
+        "ATELIER_AUTH=token).",
+    )
+    port: Port = Field(50052, validation_alias="DECODER_PORT", description="gRPC port.")
+    max_abs_latent: PositiveFloat = Field(
+        100.0,
+        description="Largest absolute value accepted in a caller's latent vector (a value "
+        "beyond it is refused as INVALID_ARGUMENT).",
+    )
+    max_batch: PositiveInt = Field(
+        64, validation_alias="MAX_DECODE_BATCH", description="Most codes decoded in one request."
+    )
+    max_steps: PositiveInt = Field(
+        32,
+        validation_alias="MAX_TRAVERSE_STEPS",
+        description="Most images one Traverse request may ask for.",
+    )
+    model_timeout: PositiveFloat = Field(
+        30.0,
+        validation_alias="MODEL_TIMEOUT_SECONDS",
+        description="Deadline of each call to the model server.",
+    )

@@ -1,72 +1,97 @@
-"""Encoder service and worker settings, read once from the environment."""
+"""Encoder service and worker settings, read once from the environment (services/common/settings.py)."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from atelier.confinement import CatalogueRoots
+from pydantic import Field, PositiveFloat, PositiveInt
+
 from atelier.jobs import JobPolicy
-from services.common.auth import AuthSettings
-from services.common.redisconf import redis_url_from_env
-from services.common.runtime import env_float, env_int, env_str
+from services.common.settings import CatalogueRootsSetting, Port, ServiceSettings
 
 
-@dataclass(frozen=True)
-class Settings:
-    redis_url: str
-    model_server_addr: str
-    models_dir: Path
-    host: str
-    port: int
-    chunk_size: int
-    model_timeout: float
-    visibility_timeout: int
-    catalogue_roots: CatalogueRoots
-    job_ttl_seconds: int
-    max_queued_chunks: int
-    max_job_entries: int
-    max_inline_image_bytes: int
-    max_chunk_deliveries: int
-    task_time_limit: int
-    task_soft_time_limit: int
-    job_resume_interval: float
-    auth: AuthSettings
-    requeue_after: float
+class Settings(ServiceSettings):
+    """The encoder service (images to codes, catalogue jobs, generations) and its Celery workers."""
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        try:
-            roots = CatalogueRoots.parse(os.environ.get("CATALOGUE_ROOTS"))
-        except ValueError as exc:
-            raise SystemExit(f"environment variable CATALOGUE_ROOTS: {exc}") from None
-        return cls(
-            redis_url=redis_url_from_env(),
-            model_server_addr=env_str("MODEL_SERVER_ADDR", "127.0.0.1:8500"),
-            models_dir=Path(env_str("MODELS_DIR", "models")),
-            host=env_str("ENCODER_HOST", "127.0.0.1"),
-            port=env_int("ENCODER_PORT", 50051),
-            chunk_size=env_int("ENCODE_CHUNK_SIZE", 64),
-            model_timeout=env_float("MODEL_TIMEOUT_SECONDS", 30.0),
-            # A task unacknowledged this long (its worker died) goes back to the queue. Keep it well
-            # above a chunk's worst case (the task time limit) or live chunks run twice.
-            visibility_timeout=env_int("QUEUE_VISIBILITY_TIMEOUT_SECONDS", 300),
-            # Catalogue CSVs and images are read only from below these folders (os.pathsep list).
-            catalogue_roots=roots,
-            job_ttl_seconds=env_int("JOB_TTL_SECONDS", 7 * 24 * 3600),
-            max_queued_chunks=env_int("MAX_QUEUED_CHUNKS_PER_JOB", 32),
-            max_job_entries=env_int("MAX_JOB_ENTRIES", 1_000_000),
-            max_inline_image_bytes=env_int("MAX_INLINE_IMAGE_BYTES", 4 * 1024 * 1024),
-            max_chunk_deliveries=env_int("MAX_CHUNK_DELIVERIES", 3),
-            task_time_limit=env_int("TASK_TIME_LIMIT_SECONDS", 240),
-            task_soft_time_limit=env_int("TASK_SOFT_TIME_LIMIT_SECONDS", 200),
-            job_resume_interval=env_float("JOB_RESUME_INTERVAL_SECONDS", 30.0),
-            # An unfinished job this quiet, with nothing queued or running, lost tasks to a Redis
-            # crash: its missing items are queued again (atelier.jobs.requeue_lost).
-            requeue_after=env_float("JOB_REQUEUE_AFTER_SECONDS", 30.0),
-            auth=AuthSettings.from_env(),
-        )
+    model_server_addr: str = Field(
+        "127.0.0.1:8500", description="The model server (host:port) that runs the encoders."
+    )
+    models_dir: Path = Field(
+        Path("models"), description="Folder of the trained model versions (their metadata)."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias="ENCODER_HOST",
+        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
+        "ATELIER_AUTH=token).",
+    )
+    port: Port = Field(50051, validation_alias="ENCODER_PORT", description="gRPC port.")
+    chunk_size: PositiveInt = Field(
+        64, validation_alias="ENCODE_CHUNK_SIZE", description="Catalogue items per queued task."
+    )
+    model_timeout: PositiveFloat = Field(
+        30.0,
+        validation_alias="MODEL_TIMEOUT_SECONDS",
+        description="Deadline of each call to the model server.",
+    )
+    visibility_timeout: PositiveInt = Field(
+        300,
+        validation_alias="QUEUE_VISIBILITY_TIMEOUT_SECONDS",
+        description="A task unacknowledged this long (its worker died) goes back to the queue. "
+        "Keep it well above a chunk's worst case (TASK_TIME_LIMIT_SECONDS) or live chunks run "
+        "twice.",
+    )
+    catalogue_roots: CatalogueRootsSetting = Field(
+        None,
+        validate_default=True,
+        description="Catalogue CSVs and images are read only from below these folders "
+        "(os.pathsep-separated list; unset: the repository's data and tests/fixtures).",
+    )
+    job_ttl_seconds: PositiveInt = Field(
+        7 * 24 * 3600,
+        description="How long a job's records live in Redis (refreshed while it progresses).",
+    )
+    max_queued_chunks: PositiveInt = Field(
+        32,
+        validation_alias="MAX_QUEUED_CHUNKS_PER_JOB",
+        description="Chunks of one job in the queue at once; each finished chunk tops the "
+        "window up.",
+    )
+    max_job_entries: PositiveInt = Field(
+        1_000_000, description="Most items one catalogue job may hold."
+    )
+    max_inline_image_bytes: PositiveInt = Field(
+        4 * 1024 * 1024, description="Largest image sent inline (in the request) per item."
+    )
+    max_chunk_deliveries: PositiveInt = Field(
+        3,
+        description="Deliveries of one chunk before its items are marked failed: a chunk whose "
+        "worker dies under it (out of memory, a crash in a decoder) would otherwise kill worker "
+        "after worker.",
+    )
+    task_time_limit: PositiveInt = Field(
+        240,
+        validation_alias="TASK_TIME_LIMIT_SECONDS",
+        description="A chunk running this long is killed (Celery's hard time limit).",
+    )
+    task_soft_time_limit: PositiveInt = Field(
+        200,
+        validation_alias="TASK_SOFT_TIME_LIMIT_SECONDS",
+        description="A chunk running this long is stopped and recorded as failed (Celery's soft "
+        "time limit); keep it below TASK_TIME_LIMIT_SECONDS.",
+    )
+    job_resume_interval: PositiveFloat = Field(
+        30.0,
+        validation_alias="JOB_RESUME_INTERVAL_SECONDS",
+        description="How often the encoder carries on jobs left half-queued and queues again "
+        "the chunks the queue lost.",
+    )
+    requeue_after: PositiveFloat = Field(
+        30.0,
+        validation_alias="JOB_REQUEUE_AFTER_SECONDS",
+        description="An unfinished job this quiet, with nothing queued or running, lost tasks to "
+        "a Redis crash: its missing items are queued again (atelier.jobs.requeue_lost).",
+    )
 
     @property
     def job_policy(self) -> JobPolicy:

@@ -18,6 +18,7 @@ from atelier.confinement import PathNotAllowed
 from atelier.latent import NON_FINITE_CODE, finite_rows
 from atelier.store import CodeStore
 from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+from services.common import metrics, tracing
 from services.common.model_client import ModelClient, ModelShape, status_of
 from services.common.redisconf import UNAVAILABLE_ERRORS
 from services.common.runtime import RunningServer, UnavailableOn, grpc_server
@@ -357,22 +358,39 @@ def scan_jobs(settings: Settings, store: CodeStore, enqueue, stop: threading.Eve
             return
 
 
+def _queue_state(store: CodeStore, queue: str) -> dict[str, metrics.Samples]:
+    unfinished = jobs.unfinished(store)
+    return {
+        metrics.QUEUE_DEPTH: metrics.queue_depths(store.redis, {queue: "unacked"}),
+        metrics.JOBS_ACTIVE: [({}, len(unfinished))],
+        metrics.JOB_ITEMS: [
+            ({"state": state}, sum(getattr(job, state) for job in unfinished))
+            for state in ("total", "done", "failed")
+        ],
+    }
+
+
 @contextmanager
 def run_server(settings: Settings) -> Iterator[RunningServer]:
-    from services.encoder.tasks import enqueue
+    from services.encoder.tasks import QUEUE, enqueue
 
+    tracing.instrument_celery()  # SubmitCatalogue's trace goes on through the queued tasks
     store = CodeStore.from_url(settings.redis_url)
+    queue_state = metrics.StateCollector(lambda: _queue_state(store, QUEUE))
     model = ModelClient(settings.model_server_addr, settings.model_timeout)
     servicer = EncoderServicer(settings, store, model, enqueue)
     stop = threading.Event()
-    with grpc_server(
-        lambda server: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, server),
-        (SERVICE_NAME,),
-        settings.host,
-        settings.port,
-        auth=settings.auth,
-        service_interceptors=[UnavailableOn(UNAVAILABLE_ERRORS, "the job store")],
-    ) as running:
+    with (
+        metrics.registered(queue_state),
+        grpc_server(
+            lambda server: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, server),
+            (SERVICE_NAME,),
+            settings.host,
+            settings.port,
+            auth=settings.auth,
+            service_interceptors=[UnavailableOn(UNAVAILABLE_ERRORS, "the job store")],
+        ) as running,
+    ):
         store.redis.ping()
         for version, moved in store.migrate().items():
             log.info("generation %d: %d codes moved into blocks (the first layout)", version, moved)

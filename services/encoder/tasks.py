@@ -15,6 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from atelier import jobs
 from atelier.store import CodeStore
+from services.common import metrics
 from services.common.celery_app import make_celery_app
 from services.encoder.config import Settings
 
@@ -141,5 +142,7 @@ def encode_chunk(self, job_id: str, chunk_index: int) -> None:
         chunk_index,
         settings.catalogue_roots,
     )
+    metrics.WORKER_ITEMS.labels("encoded").inc(written)
+    metrics.WORKER_ITEMS.labels("failed").inc(failed)
     log.info("job %s chunk %d: %d encoded, %d failed", job_id, chunk_index, written, failed)
     _top_up(store, job_id)

@@ -1,28 +1,41 @@
-"""Model server settings, read once from the environment."""
+"""Model server settings, read once from the environment (services/common/settings.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
-from services.common.runtime import env_int, env_str
+from pydantic import Field, PositiveInt
+from pydantic_settings import BaseSettings
+
+from services.common.settings import ENV_CONFIG, Port, load
 
 
-@dataclass(frozen=True)
-class Settings:
-    models_dir: Path
-    host: str
-    port: int
-    workers: int
-    max_batch: int
+class Settings(BaseSettings):
+    """The model server: TensorFlow Serving's Predict API over the trained models. It has no
+    authentication (nor does TensorFlow Serving), so compose publishes it on loopback only."""
+
+    model_config = ENV_CONFIG
+
+    models_dir: Path = Field(
+        Path("models"), description="Folder of the trained model versions it serves."
+    )
+    host: str = Field(
+        "127.0.0.1", validation_alias="MODEL_SERVER_HOST", description="Address to listen on."
+    )
+    port: Port = Field(
+        8500, validation_alias="MODEL_SERVER_PORT", description="TensorFlow Serving's gRPC port."
+    )
+    workers: PositiveInt = Field(
+        8, validation_alias="MODEL_SERVER_WORKERS", description="Threads answering Predict calls."
+    )
+    max_batch: PositiveInt = Field(
+        1024,
+        validation_alias="MODEL_SERVER_MAX_BATCH",
+        description="Rows per Predict: a z batch of a few MB would otherwise decode to tens of GB.",
+    )
 
     @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            models_dir=Path(env_str("MODELS_DIR", "models")),
-            host=env_str("MODEL_SERVER_HOST", "127.0.0.1"),
-            port=env_int("MODEL_SERVER_PORT", 8500),  # TensorFlow Serving's gRPC port
-            workers=env_int("MODEL_SERVER_WORKERS", 8),
-            # Rows per Predict: a z batch of a few MB would otherwise decode to tens of GB.
-            max_batch=env_int("MODEL_SERVER_MAX_BATCH", 1024),
-        )
+    def from_env(cls) -> Self:
+        """Read once from the environment; a bad value stops the process naming its variable."""
+        return load(cls)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from google.protobuf import any_pb2
 
@@ -22,6 +23,7 @@ from atelier.tfserving.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from services.common.metrics import MODEL_BATCH_SIZE
 from services.common.runtime import MAX_MESSAGE_BYTES, RunningServer, grpc_server
 from services.modelserver.config import Settings
 
@@ -94,10 +96,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unknown outputs in output_filter: {sorted(unknown)}",
             )
+        signature = request.model_spec.signature_name or "serving_default"
+        rows = next((len(value) for value in inputs.values() if np.ndim(value)), 1)
+        MODEL_BATCH_SIZE.labels(servable.name, signature).observe(rows)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
+        response.model_spec.signature_name = signature
         for key in wanted:
             response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
         return response

@@ -1,61 +1,87 @@
-"""Personalization service and worker settings, read once from the environment."""
+"""Personalization service and worker settings, read once from the environment
+(services/common/settings.py)."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
-from atelier.confinement import CatalogueRoots
-from services.common.auth import AuthSettings
-from services.common.redisconf import redis_url_from_env
-from services.common.runtime import env_float, env_int, env_str
+from services.common.settings import CatalogueRootsSetting, Port, ServiceSettings
+
+# A training run's redelivery waits this much longer than the run may take.
+TRAIN_VISIBILITY_MARGIN_SECONDS = 600
 
 
-@dataclass(frozen=True)
-class Settings:
-    redis_url: str
-    recommender_addr: str
-    model_server_addr: str
-    host: str
-    port: int
-    call_timeout: float
-    model_timeout: float
-    catalogue_roots: CatalogueRoots
-    job_ttl_seconds: int
-    import_batch_rows: int
-    import_visibility_timeout: int
-    train_visibility_timeout: int
-    train_time_limit: int
-    max_job_deliveries: int
-    auth: AuthSettings
+class Settings(ServiceSettings):
+    """The personalization service (interactions, preference models, ranking for a user) and its
+    import and training workers."""
 
+    recommender_addr: str = Field(
+        "127.0.0.1:50054",
+        description="The recommender: one address per shard, comma-separated in shard order "
+        "(the service fans out to all of them).",
+    )
+    model_server_addr: str = Field(
+        "127.0.0.1:8500", description="The model server (host:port), for designs for a user."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        validation_alias="PERSONALIZATION_HOST",
+        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
+        "ATELIER_AUTH=token).",
+    )
+    port: Port = Field(50055, validation_alias="PERSONALIZATION_PORT", description="gRPC port.")
+    call_timeout: PositiveFloat = Field(
+        10.0,
+        validation_alias="PERSONALIZATION_CALL_TIMEOUT_SECONDS",
+        description="Deadline of calls to the recommender (never longer than the caller's own).",
+    )
+    model_timeout: PositiveFloat = Field(
+        30.0,
+        validation_alias="MODEL_TIMEOUT_SECONDS",
+        description="Deadline of each call to the model server (never longer than the caller's).",
+    )
+    catalogue_roots: CatalogueRootsSetting = Field(
+        None,
+        validate_default=True,
+        description="Interactions CSVs are read only from below these folders, as catalogues "
+        "are (os.pathsep-separated list; unset: the repository's data and tests/fixtures).",
+    )
+    job_ttl_seconds: PositiveInt = Field(
+        7 * 24 * 3600, description="How long an import or training job's record is kept."
+    )
+    import_batch_rows: PositiveInt = Field(
+        2000, description="Interaction rows written to Redis per batch of an import."
+    )
+    import_visibility_timeout: PositiveInt = Field(
+        300,
+        validation_alias="IMPORT_VISIBILITY_TIMEOUT_SECONDS",
+        description="An import slice whose worker died is redelivered after this long; a slice "
+        "runs for a third of it, so a live one is never redelivered.",
+    )
+    train_time_limit: PositiveInt = Field(
+        3600,
+        validation_alias="TRAIN_TIME_LIMIT_SECONDS",
+        description="A training run taking longer is killed (Celery's hard time limit).",
+    )
+    train_visibility_timeout: PositiveInt = Field(
+        None,
+        validate_default=True,
+        validation_alias="TRAIN_VISIBILITY_TIMEOUT_SECONDS",
+        description="A training run whose worker died is redelivered after this long; it must "
+        "stay above TRAIN_TIME_LIMIT_SECONDS or a live run starts twice (unset: that limit "
+        f"+ {TRAIN_VISIBILITY_MARGIN_SECONDS} s).",
+    )
+    max_job_deliveries: PositiveInt = Field(
+        3,
+        description="Deliveries of one import slice or training run before its job is marked "
+        "failed: a run whose worker dies under it would otherwise kill worker after worker.",
+    )
+
+    @field_validator("train_visibility_timeout", mode="before")
     @classmethod
-    def from_env(cls) -> Settings:
-        try:
-            roots = CatalogueRoots.parse(os.environ.get("CATALOGUE_ROOTS"))
-        except ValueError as exc:
-            raise SystemExit(f"environment variable CATALOGUE_ROOTS: {exc}") from None
-        train_time_limit = env_int("TRAIN_TIME_LIMIT_SECONDS", 3600)
-        return cls(
-            redis_url=redis_url_from_env(),
-            recommender_addr=env_str("RECOMMENDER_ADDR", "127.0.0.1:50054"),
-            model_server_addr=env_str("MODEL_SERVER_ADDR", "127.0.0.1:8500"),
-            host=env_str("PERSONALIZATION_HOST", "127.0.0.1"),
-            port=env_int("PERSONALIZATION_PORT", 50055),
-            # Deadline of calls to the recommender (never longer than the caller's own).
-            call_timeout=env_float("PERSONALIZATION_CALL_TIMEOUT_SECONDS", 10.0),
-            model_timeout=env_float("MODEL_TIMEOUT_SECONDS", 30.0),
-            # Interactions CSVs are read only from below these folders, as catalogues are.
-            catalogue_roots=roots,
-            job_ttl_seconds=env_int("JOB_TTL_SECONDS", 7 * 24 * 3600),
-            import_batch_rows=env_int("IMPORT_BATCH_ROWS", 2000),
-            # An import batch or training run whose worker died is redelivered after this long;
-            # training's must stay above TRAIN_TIME_LIMIT_SECONDS or a live run starts twice.
-            import_visibility_timeout=env_int("IMPORT_VISIBILITY_TIMEOUT_SECONDS", 300),
-            train_visibility_timeout=env_int(
-                "TRAIN_VISIBILITY_TIMEOUT_SECONDS", train_time_limit + 600
-            ),
-            train_time_limit=train_time_limit,
-            max_job_deliveries=env_int("MAX_JOB_DELIVERIES", 3),
-            auth=AuthSettings.from_env(),
-        )
+    def _default_above_the_time_limit(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None:
+            return value
+        # Unset. When TRAIN_TIME_LIMIT_SECONDS itself is bad, its own error is reported.
+        limit = info.data.get("train_time_limit", cls.model_fields["train_time_limit"].default)
+        return limit + TRAIN_VISIBILITY_MARGIN_SECONDS

@@ -34,6 +34,7 @@ from atelier.v1 import (
     recommender_pb2,
     recommender_pb2_grpc,
 )
+from services.common import metrics, tracing
 from services.common.auth import with_token
 from services.common.fanout import ShardedRecommender, shard_addresses
 from services.common.generation_holder import GenerationHolder
@@ -489,13 +490,24 @@ def build_index(codes: CodeStore, prefs: PreferenceStore, version: int) -> foryo
 
 @contextmanager
 def run_server(settings: Settings) -> Iterator[RunningServer]:
-    from services.personalization.tasks import enqueue_import, enqueue_training
+    from services.personalization.tasks import (
+        IMPORT_QUEUE,
+        TRAIN_QUEUE,
+        enqueue_import,
+        enqueue_training,
+    )
 
+    tracing.instrument_celery()
     codes = CodeStore.from_url(settings.redis_url)
     prefs = PreferenceStore(codes.redis)
+    # Each queue's app keeps its unacknowledged tasks under its own prefix (celery_app.py).
+    queues = {queue: f"{queue}:unacked" for queue in (IMPORT_QUEUE, TRAIN_QUEUE)}
+    queue_state = metrics.StateCollector(
+        lambda: {metrics.QUEUE_DEPTH: metrics.queue_depths(codes.redis, queues)}
+    )
     model = ModelClient(settings.model_server_addr, settings.model_timeout)
     # SimilarForUser calls the recommender (every shard of it) with this service's own token.
-    with contextlib.ExitStack() as channels:
+    with contextlib.ExitStack() as channels, metrics.registered(queue_state):
         recommender = ShardedRecommender(
             [
                 recommender_pb2_grpc.RecommenderServiceStub(

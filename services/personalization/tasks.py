@@ -42,6 +42,7 @@ import_app = make_celery_app(
     settings.import_visibility_timeout,
     unacked_prefix=IMPORT_QUEUE,
     set_as_current=False,
+    process="interactions-worker",
 )
 train_app = make_celery_app(
     "atelier-train",
@@ -51,6 +52,7 @@ train_app = make_celery_app(
     settings.train_time_limit,
     unacked_prefix=TRAIN_QUEUE,
     set_as_current=False,
+    process="trainer",
 )
 
 

@@ -1,12 +1,12 @@
 """Run the retrieval gRPC service: `python -m services.retrieval`."""
 
-from services.common.runtime import configure_logging, wait_for_shutdown
+from services.common.runtime import bootstrap, wait_for_shutdown
 from services.retrieval.config import Settings
 from services.retrieval.server import run_server
 
 
 def main() -> None:
-    configure_logging()
+    bootstrap("retrieval")
     with run_server(Settings.from_env()) as running:
         wait_for_shutdown(running)
 

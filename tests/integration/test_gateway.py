@@ -1,31 +1,39 @@
-"""The studio gateway over raw sockets: strict framing and JSON, keep-alive kept in sync after
-errors, gRPC statuses mapped to HTTP without leaking backend details, and /healthz on the
-gateway's own long-lived channels. Real processes: Redis, model server, encoder, worker, the
-query services and the gateway, started by services/common/launcher.py, with authentication on:
-requests to /api/ routes carry the suite's admin token (framing errors, 404 and 405 come before
-the token check)."""
+"""The studio gateway (FastAPI under uvicorn) over raw sockets: strict framing and JSON,
+keep-alive kept in sync after errors, bodies limited while they stream in, slow clients cut off,
+gRPC statuses mapped to HTTP without leaking backend details, /healthz on the gateway's own
+long-lived channels, the probes, the OpenAPI document, HTTP metrics by route template and a
+graceful shutdown. Real processes: Redis, model server, encoder, worker, the query services and
+the gateway, started by services/common/launcher.py, with authentication on: requests to /api/
+routes carry the suite's admin token (framing errors, 404 and 405 come before the token check)."""
 
 from __future__ import annotations
 
 import json
+import select
+import signal
 import socket
+import threading
 import time
+import urllib.request
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from atelier.modelinfo import read_metadata
 from atelier.processes import free_port
 from atelier.store import CodeStore
 from atelier.v1 import (
+    common_pb2,
     decoder_pb2_grpc,
     encoder_pb2,
     encoder_pb2_grpc,
 )
 from services.common.launcher import local_suite
+from services.gateway import schemas
 
 pytestmark = pytest.mark.integration
 # The committed model served by the suite: requests carry codes of its size.
@@ -190,33 +198,82 @@ def test_a_bad_content_length_is_400_and_closes(conn, length):
     assert conn.closed_by_server()
 
 
-def test_two_content_lengths_or_chunked_are_refused(conn, suite):
+def test_two_content_lengths_or_both_framings_are_refused(conn, suite):
     raw = (
         b"POST /api/decode HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}"
     )
     response = conn.exchange(raw)
-    assert response.status == 400 and response.headers["connection"] == "close"
+    assert response.status == 400 and "Content-Length" in response.json()["error"]
+    assert response.headers["connection"] == "close"
     other = Connection(suite.env["GATEWAY_ADDR"])
     try:
-        chunked = b"POST /api/decode HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
-        response = other.exchange(chunked)
-        assert response.status == 411 and response.headers["connection"] == "close"
+        both = b"POST /api/decode HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        response = other.exchange(both)
+        assert response.status == 400 and response.headers["connection"] == "close"
         assert other.closed_by_server()
     finally:
         other.close()
 
 
+def test_a_chunked_body_is_read_and_the_connection_stays_in_sync(conn):
+    # uvicorn (h11) reads chunked bodies; the gateway counts their bytes against the limit.
+    chunked = b"POST /api/decode HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+    body = code_body()
+    response = conn.exchange(
+        chunked + _auth().encode() + f"\r\n{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    )
+    assert response.status == 200 and response.body.startswith(b"\x89PNG")
+    empty = conn.exchange(chunked + _auth().encode() + b"\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert empty.status == 400 and "code is required" in empty.json()["error"]
+    assert "connection" not in empty.headers
+    assert conn.exchange(get("/api/categories")).status == 200
+
+
 @pytest.mark.parametrize(
-    ("path", "length"),
-    # JSON takes 1 MiB; a length of 5000 digits must not reach int()
-    [("/api/encode", 99_999_999_999_999), ("/api/decode", 2_000_000), ("/api/decode", "9" * 5000)],
+    ("path", "length", "status"),
+    # JSON takes 1 MiB. A length of 5000 digits is refused by h11 itself, before any route: it
+    # is not a number Python parses (int() stops at 4300 digits), so 400 rather than 413.
+    [
+        ("/api/encode", 99_999_999_999_999, 413),
+        ("/api/decode", 2_000_000, 413),
+        ("/api/decode", "9" * 5000, 400),
+    ],
 )
-def test_a_huge_content_length_is_413_without_reading_the_body(conn, path, length):
+def test_a_huge_content_length_is_refused_without_reading_the_body(conn, path, length, status):
     raw = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n".encode()
     response = conn.exchange(raw)
-    assert response.status == 413
+    assert response.status == status
+    assert "Content-Length" in response.json()["error"] or status == 413
     assert response.headers["connection"] == "close"
     assert conn.closed_by_server()
+
+
+def test_a_chunked_body_over_the_limit_is_413_while_it_streams(suite):
+    """The JSON limit is 1 MiB; the client would send 64 MiB in 64 KiB chunks. The answer
+    comes once the limit is passed, and the connection closes, without the rest being read."""
+    connection = Connection(suite.env["GATEWAY_ADDR"])
+    chunk = b"x" * 65536
+    sent, planned = 0, 64 * 1024 * 1024
+    try:
+        connection.send(
+            b"POST /api/decode HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+            + _auth().encode()
+            + b"\r\n"
+        )
+        while sent < planned and not select.select([connection.sock], [], [], 0)[0]:
+            try:
+                connection.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except OSError:  # the gateway closed its end: its answer is waiting
+                break
+            sent += len(chunk)
+        response = connection.read()
+        assert response.status == 413 and "over 1048576 bytes" in response.json()["error"]
+        assert response.headers["connection"] == "close"
+        # What was sent past the limit is what the kernels' socket buffers hold, not the rest.
+        assert sent < 16 * 1024 * 1024
+        assert connection.closed_by_server()
+    finally:
+        connection.close()
 
 
 def test_pipelined_requests_after_an_error_stay_in_sync(conn):
@@ -277,7 +334,68 @@ def test_a_stalled_body_times_out_and_frees_the_connection(conn):
     started = time.monotonic()
     response = conn.read()  # GATEWAY_READ_TIMEOUT_SECONDS=3
     assert response.status == 408 and time.monotonic() - started < 20
+    assert response.json()["error"] == "request body not received in time"
     assert conn.closed_by_server()
+
+
+@pytest.mark.parametrize("trickled", [False, True], ids=["at-once", "trickled"])
+def test_an_oversized_head_is_431_and_closes(suite, trickled):
+    """Over GATEWAY_MAX_HEADER_BYTES (32 KiB): refused whether it arrives in one read (the
+    gateway counts the parsed head) or piece by piece (h11 stops buffering at the limit)."""
+    connection = Connection(suite.env["GATEWAY_ADDR"])
+    head = b"GET /livez HTTP/1.1\r\nHost: t\r\nX-Big: " + b"v" * 40_000 + b"\r\n\r\n"
+    try:
+        pieces = [head[i : i + 4096] for i in range(0, len(head), 4096)] if trickled else [head]
+        for piece in pieces:
+            try:
+                connection.send(piece)
+            except OSError:  # refused before the rest was sent
+                break
+            time.sleep(0.01 if trickled else 0)
+        response = connection.read()
+        assert response.status == 431 and response.json()["error"]
+        assert response.headers["connection"] == "close"
+    finally:
+        connection.close()
+
+
+def test_a_slow_request_head_times_out(conn):
+    """A client trickling its headers (slowloris) is answered 408 and cut off."""
+    started = time.monotonic()
+    for byte in b"GET /livez HTTP/1.1\r\nHost: t\r\n":
+        conn.send(bytes([byte]))
+        if time.monotonic() - started > 1.5:
+            break
+        time.sleep(0.05)
+    response = conn.read()  # GATEWAY_READ_TIMEOUT_SECONDS=3 from the connection's start
+    assert response.status == 408 and time.monotonic() - started < 10
+    assert response.json()["error"] == "request head not received in time"
+    assert response.headers["x-request-id"] == response.json()["request_id"]
+    assert conn.closed_by_server()
+
+
+def test_a_client_that_half_closes_still_gets_its_answers(conn):
+    conn.send(get("/livez") + get("/api/categories"))
+    conn.sock.shutdown(socket.SHUT_WR)
+    assert conn.read().json() == {"live": True}
+    assert conn.read().json()["categories"]
+    assert conn.closed_by_server()
+
+
+def test_every_answer_has_a_request_id_and_safe_headers(conn):
+    for raw in (get("/"), get("/livez"), get("/nowhere"), post("/api/decode", b"[]")):
+        response = conn.exchange(raw)
+        assert len(response.headers["x-request-id"]) == 32
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cache-control"] == "no-store"
+
+
+def test_the_request_id_is_the_callers_trace_id(conn):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = f"GET /nowhere HTTP/1.1\r\nHost: t\r\ntraceparent: 00-{trace_id}-00f067aa0ba902b7-01\r\n\r\n"
+    response = conn.exchange(traced.encode())
+    assert response.headers["x-request-id"] == trace_id
+    assert response.json()["request_id"] == trace_id
 
 
 def test_service_validation_messages_reach_the_caller(conn):
@@ -399,3 +517,189 @@ def test_backend_failures_map_to_http_without_details(broken, raw, status, messa
         assert response.headers["retry-after"] == "7"
     if status == 503 and message is not None:
         assert response.headers["retry-after"] == "1"
+
+
+def test_readiness_follows_the_backends_and_liveness_does_not(broken):
+    connection = Connection(broken)
+    try:
+        ready = connection.exchange(get("/readyz"))
+        assert ready.status == 503 and ready.json()["ready"] is False
+        assert ready.json()["services"]["retrieval"] is False
+        live = connection.exchange(get("/livez"))
+        assert live.status == 200 and live.json() == {"live": True}
+    finally:
+        connection.close()
+
+
+def test_liveness_and_readiness(conn):
+    assert conn.exchange(get("/livez")).json() == {"live": True}
+    ready = conn.exchange(get("/readyz"))
+    assert ready.status == 200
+    assert ready.json() == {
+        "ready": True,
+        "draining": False,
+        "services": {"decoder": True, "retrieval": True, "recommender": True},
+    }
+
+
+ROUTES = {
+    ("get", "/healthz"), ("get", "/livez"), ("get", "/readyz"),
+    ("get", "/api/categories"), ("get", "/api/start"), ("get", "/api/image/{item_id}"),
+    ("get", "/api/generations"), ("get", "/api/users"), ("post", "/api/decode"),
+    ("post", "/api/recommend"), ("post", "/api/encode"), ("post", "/api/generations/serve"),
+    ("post", "/api/for-you"), ("post", "/api/design-for-me"),
+}  # fmt: skip
+
+
+def test_openapi_describes_every_route(conn):
+    spec = conn.exchange(get("/openapi.json")).json()
+    operations = {(m, p): op for p, ops in spec["paths"].items() for m, op in ops.items()}
+    assert set(operations) == ROUTES
+    for (method, path), operation in operations.items():
+        needs_token = path.startswith("/api/")
+        assert bool(operation.get("security")) == needs_token, path
+        assert operation["responses"]["200"], path
+        if method == "post":
+            assert operation["requestBody"]["content"], path
+    recommend = operations[("post", "/api/recommend")]["requestBody"]["content"]
+    assert set(recommend["application/json"]["schema"]["properties"]) == {
+        "code", "method", "k", "gender", "match_gender",
+    }  # fmt: skip
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    docs = conn.exchange(get("/docs"))
+    assert docs.status == 200 and docs.headers["content-type"].startswith("text/html")
+    assert b"/openapi.json" in docs.body and b"swagger" in docs.body.lower()
+
+
+def test_answers_have_their_documented_shapes(conn):
+    """Live answers validate against the OpenAPI document's models (which forbid extras)."""
+    schemas.Categories.model_validate(conn.exchange(get("/api/categories")).json())
+    start = conn.exchange(get("/api/start")).json()
+    schemas.Start.model_validate(start)
+    recommended = conn.exchange(
+        post("/api/recommend", json.dumps({"code": start["code"]}).encode())
+    )
+    schemas.Recommendation.model_validate(recommended.json())
+    schemas.Generations.model_validate(conn.exchange(get("/api/generations")).json())
+    schemas.Health.model_validate(conn.exchange(get("/healthz")).json())
+    schemas.Ready.model_validate(conn.exchange(get("/readyz")).json())
+    schemas.Live.model_validate(conn.exchange(get("/livez")).json())
+    schemas.Error.model_validate(conn.exchange(get("/nowhere")).json())
+    schemas.DecodeRequest.model_validate({"code": start["code"]})
+
+
+def _metric_samples(address: str) -> list:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def test_http_metrics_are_labelled_by_route_template(suite, conn):
+    for raw in (
+        get("/api/image/1164"),
+        get("/api/image/no-such-item"),
+        get("/nowhere/at/all"),
+        post("/api/decode", code_body()),
+    ):
+        conn.exchange(raw)
+    odd = Connection(suite.env["GATEWAY_ADDR"])
+    try:
+        assert odd.exchange(b"BREW /nowhere HTTP/1.1\r\nHost: t\r\n\r\n").status == 501
+    finally:
+        odd.close()
+    samples = _metric_samples(suite.metrics_addresses["gateway"])  # the launcher's port
+    answered = {
+        (s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+        for s in samples
+        if s.name == "atelier_http_requests_total"
+    }
+    assert answered[("/api/image/{item_id:path}", "GET", "200")] >= 1
+    assert answered[("/api/image/{item_id:path}", "GET", "404")] >= 1
+    assert answered[("/api/decode", "POST", "200")] >= 1
+    assert answered[("unmatched", "GET", "404")] >= 1
+    assert answered[("unmatched", "other", "501")] >= 1
+    timed = {
+        (s.labels["route"], s.labels["method"]): s.value
+        for s in samples
+        if s.name == "atelier_http_request_duration_seconds_count"
+    }
+    assert timed[("/api/decode", "POST")] >= 1
+    routes = {s.labels["route"] for s in samples if "route" in s.labels}
+    assert not [r for r in routes if "1164" in r or "no-such-item" in r or "nowhere" in r]
+    assert [s for s in samples if s.name == "atelier_http_requests_in_flight"]
+
+
+class SlowEncoder(encoder_pb2_grpc.EncoderServiceServicer):
+    """A real encoder stand-in that takes its time: a request in flight during a shutdown."""
+
+    seconds = 5.0
+
+    def __init__(self):
+        self.started = threading.Event()
+
+    def Encode(self, request, context):
+        self.started.set()
+        time.sleep(self.seconds)
+        code = common_pb2.LatentCode(mu=[0.25] * LATENT_DIM)
+        return encoder_pb2.EncodeResponse(code=code, model_version=7)
+
+
+def test_sigterm_finishes_requests_in_flight_and_exits_0(suite):
+    backend = SlowEncoder()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    encoder_pb2_grpc.add_EncoderServiceServicer_to_server(backend, server)
+    encoder_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_ADDR": address,
+        "ENCODER_ADDR": f"127.0.0.1:{encoder_port}",
+        "GATEWAY_SHUTDOWN_DELAY_SECONDS": "2",
+        "GATEWAY_SHUTDOWN_GRACE_SECONDS": "20",
+    }
+    managed = suite.start_gateway("gateway-drain", env, ready_path="/livez")
+    answers: dict[str, Response] = {}
+
+    def upload() -> None:
+        connection = Connection(address)
+        try:
+            answers["encode"] = connection.exchange(post("/api/encode", b"\x89PNG..."))
+        finally:
+            connection.close()
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        assert backend.started.wait(30), "the upload never reached the encoder"
+        managed.process.send_signal(signal.SIGTERM)
+        # For the shutdown delay the listener still accepts, and readiness says no.
+        deadline = time.monotonic() + 1.5
+        while True:
+            probe = Connection(address)
+            try:
+                ready = probe.exchange(get("/readyz"))
+            finally:
+                probe.close()
+            if ready.status == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert ready.status == 503 and ready.json()["draining"] is True
+        # Then new connections are refused while the upload is still being answered.
+        deadline = time.monotonic() + 4
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "the gateway still accepts connections"
+            time.sleep(0.1)
+        assert uploader.is_alive(), "the upload should still be in flight"
+        uploader.join(30)
+        encoded = answers["encode"]
+        assert encoded.status == 200 and encoded.json()["model_version"] == 7
+        assert managed.process.wait(timeout=30) == 0
+    finally:
+        managed.stop()
+        server.stop(0)
