@@ -71,10 +71,26 @@ def studio_suite(work: Path, extra_env: dict[str, str] | None = None) -> Iterato
         yield suite
 
 
-def _settle(page, lists_before: int) -> None:
+def settle(page, lists_before: int) -> None:
+    """Wait until the page has redrawn its lists since `lists_before`, without an error."""
     page.wait_for_function(f"{LISTS} > {lists_before}", timeout=30_000)
     page.wait_for_timeout(100)
     page.wait_for_function("!document.getElementById('error').textContent", timeout=10_000)
+
+
+def signed_in(browser, url: str, token: str):
+    """A page of the studio at `url` with `token` entered: without it the API answers 401 and
+    the page asks for one; with it, everything loads (the lists drawn once)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_function(
+        "document.getElementById('error').textContent.includes('paste a token')",
+        timeout=30_000,
+    )
+    page.fill("#token", token)
+    page.click("#token-form button")
+    page.wait_for_function(f"{LISTS} >= 1", timeout=30_000)
+    return page
 
 
 def measure(url: str, token: str, moves: int, warmup: int) -> list[float]:
@@ -88,22 +104,14 @@ def measure(url: str, token: str, moves: int, warmup: int) -> list[float]:
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_function(
-                "document.getElementById('error').textContent.includes('paste a token')",
-                timeout=30_000,
-            )
-            page.fill("#token", token)
-            page.click("#token-form button")
-            page.wait_for_function(f"{LISTS} >= 1", timeout=30_000)
+            page = signed_in(browser, url, token)
             for move in range(warmup + moves):
                 lists = page.evaluate(f"() => {LISTS}")
                 dim, fraction = int(rng.integers(0, SLIDERS)), float(rng.uniform(0.05, 0.95))
                 elapsed = page.evaluate(TIMED_MOVE, [dim, fraction])
                 if move >= warmup:
                     samples.append(elapsed)
-                _settle(page, lists)
+                settle(page, lists)
         finally:
             browser.close()
     return samples

@@ -55,6 +55,21 @@ def _catalogue_roots(value: Any) -> CatalogueRoots:
 CatalogueRootsSetting = Annotated[CatalogueRoots, NoDecode, PlainValidator(_catalogue_roots)]
 
 
+def listen_host(variable: str) -> Any:
+    """The field of a server's listening address, read from `variable` (for example DECODER_HOST)."""
+    return Field(
+        "127.0.0.1",
+        validation_alias=variable,
+        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
+        "ATELIER_AUTH=token).",
+    )
+
+
+def listen_port(variable: str, default: int) -> Any:
+    """The field of a server's gRPC port, read from `variable` (for example DECODER_PORT)."""
+    return Field(default, validation_alias=variable, description="gRPC port.")
+
+
 def load(cls: type[T], **overrides) -> T:
     """`cls` read from the environment (and `overrides`), or SystemExit with the reasons."""
     try:

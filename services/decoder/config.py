@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from services.common.settings import Port, ServiceSettings
+from services.common.settings import Port, ServiceSettings, listen_host, listen_port
 
 
 class Settings(ServiceSettings):
@@ -13,13 +13,8 @@ class Settings(ServiceSettings):
     model_server_addr: str = Field(
         "127.0.0.1:8500", description="The model server (host:port) that runs the decoders."
     )
-    host: str = Field(
-        "127.0.0.1",
-        validation_alias="DECODER_HOST",
-        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
-        "ATELIER_AUTH=token).",
-    )
-    port: Port = Field(50052, validation_alias="DECODER_PORT", description="gRPC port.")
+    host: str = listen_host("DECODER_HOST")
+    port: Port = listen_port("DECODER_PORT", 50052)
     max_abs_latent: PositiveFloat = Field(
         100.0,
         description="Largest absolute value accepted in a caller's latent vector (a value "

@@ -7,7 +7,13 @@ from pathlib import Path
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from atelier.jobs import JobPolicy
-from services.common.settings import CatalogueRootsSetting, Port, ServiceSettings
+from services.common.settings import (
+    CatalogueRootsSetting,
+    Port,
+    ServiceSettings,
+    listen_host,
+    listen_port,
+)
 
 
 class Settings(ServiceSettings):
@@ -19,13 +25,8 @@ class Settings(ServiceSettings):
     models_dir: Path = Field(
         Path("models"), description="Folder of the trained model versions (their metadata)."
     )
-    host: str = Field(
-        "127.0.0.1",
-        validation_alias="ENCODER_HOST",
-        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
-        "ATELIER_AUTH=token).",
-    )
-    port: Port = Field(50051, validation_alias="ENCODER_PORT", description="gRPC port.")
+    host: str = listen_host("ENCODER_HOST")
+    port: Port = listen_port("ENCODER_PORT", 50051)
     chunk_size: PositiveInt = Field(
         64, validation_alias="ENCODE_CHUNK_SIZE", description="Catalogue items per queued task."
     )

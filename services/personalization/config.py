@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
-from services.common.settings import CatalogueRootsSetting, Port, ServiceSettings
+from services.common.settings import (
+    CatalogueRootsSetting,
+    Port,
+    ServiceSettings,
+    listen_host,
+    listen_port,
+)
 
 # A training run's redelivery waits this much longer than the run may take.
 TRAIN_VISIBILITY_MARGIN_SECONDS = 600
@@ -23,13 +29,8 @@ class Settings(ServiceSettings):
     model_server_addr: str = Field(
         "127.0.0.1:8500", description="The model server (host:port), for designs for a user."
     )
-    host: str = Field(
-        "127.0.0.1",
-        validation_alias="PERSONALIZATION_HOST",
-        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
-        "ATELIER_AUTH=token).",
-    )
-    port: Port = Field(50055, validation_alias="PERSONALIZATION_PORT", description="gRPC port.")
+    host: str = listen_host("PERSONALIZATION_HOST")
+    port: Port = listen_port("PERSONALIZATION_PORT", 50055)
     call_timeout: PositiveFloat = Field(
         10.0,
         validation_alias="PERSONALIZATION_CALL_TIMEOUT_SECONDS",

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from services.common.queries import QuerySettings
-from services.common.settings import Port
+from services.common.settings import Port, listen_host, listen_port
 
 
 class Settings(QuerySettings):
     """The recommender: similar items in the query's partition and pairings from the others."""
 
-    host: str = Field(
-        "127.0.0.1",
-        validation_alias="RECOMMENDER_HOST",
-        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
-        "ATELIER_AUTH=token).",
-    )
-    port: Port = Field(50054, validation_alias="RECOMMENDER_PORT", description="gRPC port.")
+    host: str = listen_host("RECOMMENDER_HOST")
+    port: Port = listen_port("RECOMMENDER_PORT", 50054)

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from services.common.queries import QuerySettings
-from services.common.settings import Port
+from services.common.settings import Port, listen_host, listen_port
 
 
 class Settings(QuerySettings):
     """Retrieval: the catalogue items nearest a query, under a ranking method."""
 
-    host: str = Field(
-        "127.0.0.1",
-        validation_alias="RETRIEVAL_HOST",
-        description="Address to listen on; 0.0.0.0 in a container (off loopback only with "
-        "ATELIER_AUTH=token).",
-    )
-    port: Port = Field(50053, validation_alias="RETRIEVAL_PORT", description="gRPC port.")
+    host: str = listen_host("RETRIEVAL_HOST")
+    port: Port = listen_port("RETRIEVAL_PORT", 50053)

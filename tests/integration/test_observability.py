@@ -161,3 +161,16 @@ def test_log_lines_are_json_with_the_callers_trace_id(suite):
     traced = [r for r in records if r.get("trace_id") == trace_id]
     assert all({"time", "level", "logger", "message", "service"} <= set(r) for r in traced)
     assert all(r["service"] == "retrieval" for r in traced)
+
+
+def test_a_pool_process_logs_its_task_in_the_submitters_trace(suite):
+    """The worker's forked pool process is traced too: its lines about a chunk carry the trace
+    id the encoder's SubmitCatalogue passed on in the task's headers."""
+    suite, _ = suite
+    lines = (suite.log_dir / "worker1.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    chunks = [r for r in records if r["logger"] == "services.encoder.tasks"]
+    assert chunks, "the worker logged nothing about its chunks"
+    # One job, one trace: chunks queued later, by the worker itself, stay in it.
+    assert len({r["trace_id"] for r in chunks}) == 1 and len(chunks[0]["trace_id"]) == 32
+    assert all(r["service"] == "worker" for r in records)

@@ -4,52 +4,21 @@ The slider-to-image round-trip time is a benchmark, not a test: `python -m bench
 
 from __future__ import annotations
 
-import shutil
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from atelier.store import CodeStore
-from atelier.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
-from services.common.launcher import local_suite, start_process
+from bench.studio_roundtrip import CHROMIUM, CHROMIUM_ARGS, settle, signed_in, studio_suite
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, models_dir, tiny_csv):
-    work = tmp_path_factory.mktemp("studio")
-    with local_suite(
-        work, models_dir, workers=1, extra_env={"GATEWAY_IMAGE_ROOT": str(tiny_csv.parent)}
-    ) as suite:
-        with suite.channel("encoder") as channel:
-            stub = encoder_pb2_grpc.EncoderServiceStub(channel)
-            job = stub.SubmitCatalogue(
-                encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)), timeout=60
-            )
-            while (
-                stub.GetJob(encoder_pb2.GetJobRequest(job_id=job.job_id), timeout=5).state
-                != common_pb2.JOB_STATE_SUCCEEDED
-            ):
-                time.sleep(0.2)
-        CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)
-        for name in ("decoder", "retrieval", "recommender"):
-            suite.start_service(name)
-        suite.add(
-            start_process(
-                "gateway", [sys.executable, "-m", "services.gateway"], suite.env, suite.log_dir
-            )
-        )
-        from services.demo import wait_http
-
-        url = f"http://127.0.0.1:{suite.env['GATEWAY_PORT']}/"
-        wait_http(url + "healthz")
-        yield url, suite.token
+def studio(tmp_path_factory):
+    with studio_suite(tmp_path_factory.mktemp("studio")) as suite:
+        yield f"http://{suite.env['GATEWAY_ADDR']}/", suite.token
 
 
 @pytest.fixture(scope="module")
@@ -59,21 +28,12 @@ def page(studio):
         pytest.fail(
             f"Chromium not found at {CHROMIUM}: install Debian's chromium package (make test does in CI)"
         )
-    args = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        url, token = studio
-        page.goto(url)
-        # Without a token the API answers 401 and the page asks for one; with it, everything loads.
-        page.wait_for_function(
-            "document.getElementById('error').textContent.includes('paste a token')",
-            timeout=30_000,
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
-        page.fill("#token", token)
-        page.click("#token-form button")
-        page.wait_for_function("Number(document.body.dataset.lists || 0) >= 1", timeout=30_000)
+        url, token = studio
+        page = signed_in(browser, url, token)
         assert page.evaluate("() => sessionStorage.getItem('atelier-token')") == token
         yield page
         browser.close()
@@ -116,14 +76,6 @@ def _pixels(page) -> str:
     )
 
 
-def _settle(page, lists_before: int) -> None:
-    page.wait_for_function(
-        f"Number(document.body.dataset.lists || 0) > {lists_before}", timeout=30_000
-    )
-    page.wait_for_timeout(100)
-    page.wait_for_function("!document.getElementById('error').textContent", timeout=10_000)
-
-
 def test_slider_changes_image_and_both_lists(page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "studio-start.png"), full_page=True)
@@ -136,10 +88,10 @@ def test_slider_changes_image_and_both_lists(page):
         timeout=10_000,
     )
     _move(page, 0, 0.0)  # the family axes move the design furthest
-    _settle(page, before["lists"])
+    settle(page, before["lists"])
     pixels_before = _pixels(page)
     _move(page, 0, 1.0)
-    _settle(page, _state(page)["lists"])
+    settle(page, _state(page)["lists"])
     pixels_after = _pixels(page)
     after = _state(page)
     assert pixels_after != pixels_before
@@ -156,7 +108,7 @@ def test_upload_a_photo(page, tiny_images):
     page.wait_for_function(
         "document.getElementById('status').textContent.includes('uploaded photo')", timeout=30_000
     )
-    _settle(page, before["lists"])
+    settle(page, before["lists"])
     after = _state(page)
     assert not after["error"]
     assert after["similar"] and after["similar"] != before["similar"]
