@@ -1,7 +1,7 @@
 """What metrics and tracing cost a search: RetrievalService.Search p50 with them on against off,
 measured in the same run.
 
-    python -m bench.instrumentation_overhead [--calls 3000] [--synthetic-items 100000]
+    python -m bench.instrumentation_overhead [--calls 3000] [--synthetic-items 1000000]
 
 Two retrieval replicas serve the same generation side by side: one with METRICS_PORT set and the OpenTelemetry SDK recording every span and exporting it over
 OTLP/gRPC to a loopback collector (a sink that accepts and drops them, so export costs what it
@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument(
         "--synthetic-items",
         type=int,
-        default=100_000,
+        default=1_000_000,
         help="Items of the second, synthetic catalogue (0: only the sample catalogue)",
     )
     parser.add_argument(
