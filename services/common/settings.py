@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     PlainValidator,
+    PositiveFloat,
     ValidationError,
     field_validator,
 )
@@ -149,6 +150,21 @@ class AuthEnvironment(BaseSettings):
             token=self.atelier_token,
             token_file=self.atelier_token_file,
         )
+
+
+class ModelServerCaller(BaseSettings):
+    """The model server a service calls, and how long each call may take."""
+
+    model_config = ENV_CONFIG
+
+    model_server_addr: str = Field(
+        "127.0.0.1:8500", description="The model server (host:port) that runs the models."
+    )
+    model_timeout: PositiveFloat = Field(
+        30.0,
+        validation_alias="MODEL_TIMEOUT_SECONDS",
+        description="Deadline of each call to the model server (never longer than the caller's).",
+    )
 
 
 class ServiceSettings(AuthEnvironment):

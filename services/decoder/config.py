@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from services.common.settings import Port, ServiceSettings, listen_host, listen_port
+from services.common.settings import (
+    ModelServerCaller,
+    Port,
+    ServiceSettings,
+    listen_host,
+    listen_port,
+)
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, ModelServerCaller):
     """The decoder: latent codes to images, through the model server."""
 
-    model_server_addr: str = Field(
-        "127.0.0.1:8500", description="The model server (host:port) that runs the decoders."
-    )
     host: str = listen_host("DECODER_HOST")
     port: Port = listen_port("DECODER_PORT", 50052)
     max_abs_latent: PositiveFloat = Field(
@@ -27,9 +30,4 @@ class Settings(ServiceSettings):
         32,
         validation_alias="MAX_TRAVERSE_STEPS",
         description="Most images one Traverse request may ask for.",
-    )
-    model_timeout: PositiveFloat = Field(
-        30.0,
-        validation_alias="MODEL_TIMEOUT_SECONDS",
-        description="Deadline of each call to the model server.",
     )

@@ -9,6 +9,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from atelier.jobs import JobPolicy
 from services.common.settings import (
     CatalogueRootsSetting,
+    ModelServerCaller,
     Port,
     ServiceSettings,
     listen_host,
@@ -16,12 +17,9 @@ from services.common.settings import (
 )
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, ModelServerCaller):
     """The encoder service (images to codes, catalogue jobs, generations) and its Celery workers."""
 
-    model_server_addr: str = Field(
-        "127.0.0.1:8500", description="The model server (host:port) that runs the encoders."
-    )
     models_dir: Path = Field(
         Path("models"), description="Folder of the trained model versions (their metadata)."
     )
@@ -29,11 +27,6 @@ class Settings(ServiceSettings):
     port: Port = listen_port("ENCODER_PORT", 50051)
     chunk_size: PositiveInt = Field(
         64, validation_alias="ENCODE_CHUNK_SIZE", description="Catalogue items per queued task."
-    )
-    model_timeout: PositiveFloat = Field(
-        30.0,
-        validation_alias="MODEL_TIMEOUT_SECONDS",
-        description="Deadline of each call to the model server.",
     )
     visibility_timeout: PositiveInt = Field(
         300,

@@ -7,6 +7,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_va
 
 from services.common.settings import (
     CatalogueRootsSetting,
+    ModelServerCaller,
     Port,
     ServiceSettings,
     listen_host,
@@ -17,7 +18,7 @@ from services.common.settings import (
 TRAIN_VISIBILITY_MARGIN_SECONDS = 600
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, ModelServerCaller):
     """The personalization service (interactions, preference models, ranking for a user) and its
     import and training workers."""
 
@@ -26,20 +27,12 @@ class Settings(ServiceSettings):
         description="The recommender: one address per shard, comma-separated in shard order "
         "(the service fans out to all of them).",
     )
-    model_server_addr: str = Field(
-        "127.0.0.1:8500", description="The model server (host:port), for designs for a user."
-    )
     host: str = listen_host("PERSONALIZATION_HOST")
     port: Port = listen_port("PERSONALIZATION_PORT", 50055)
     call_timeout: PositiveFloat = Field(
         10.0,
         validation_alias="PERSONALIZATION_CALL_TIMEOUT_SECONDS",
         description="Deadline of calls to the recommender (never longer than the caller's own).",
-    )
-    model_timeout: PositiveFloat = Field(
-        30.0,
-        validation_alias="MODEL_TIMEOUT_SECONDS",
-        description="Deadline of each call to the model server (never longer than the caller's).",
     )
     catalogue_roots: CatalogueRootsSetting = Field(
         None,

@@ -25,14 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from atelier.modelinfo import read_metadata
 from atelier.processes import free_port
-from atelier.store import CodeStore
 from atelier.v1 import (
     common_pb2,
     decoder_pb2_grpc,
     encoder_pb2,
     encoder_pb2_grpc,
 )
-from services.common.launcher import local_suite
+from bench.studio_roundtrip import studio_suite
 from services.gateway import schemas
 
 pytestmark = pytest.mark.integration
@@ -110,17 +109,11 @@ def code_body(**fields) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory, models_dir, tiny_csv):
+def suite(tmp_path_factory):
     work = tmp_path_factory.mktemp("gateway")
-    env = {"GATEWAY_IMAGE_ROOT": str(tiny_csv.parent), "GATEWAY_READ_TIMEOUT_SECONDS": "3"}
-    with local_suite(work, models_dir, workers=1, extra_env=env) as suite:
+    with studio_suite(work, {"GATEWAY_READ_TIMEOUT_SECONDS": "3"}) as suite:
         assert suite.token, "the launcher makes an admin token with auth on"
         TOKEN["value"] = suite.token
-        job = suite.encode(encoder_pb2.SubmitCatalogueRequest(csv_path=str(tiny_csv)))
-        CodeStore.from_url(suite.env["REDIS_URL"]).serve(job.model_version)
-        for name in ("decoder", "retrieval", "recommender"):
-            suite.start_service(name)
-        suite.start_gateway()
         yield suite
         TOKEN.clear()
 
